@@ -194,3 +194,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(body)
+
+
+def main() -> None:
+    """Serve one GGUF file as `library/bench:latest` until stdin closes (for benchmarks)."""
+    import sys
+    from pathlib import Path
+
+    registry = FakeRegistry(require_auth=False)
+    registry.add_model("library/bench", "latest", Path(sys.argv[1]).read_bytes())
+    registry.start()
+    print(registry.host, flush=True)
+    sys.stdin.read()
+    registry.stop()
+
+
+if __name__ == "__main__":
+    main()

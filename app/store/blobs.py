@@ -209,9 +209,11 @@ class PartialBlob:
             if written != len(data):
                 raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
             with self._cond:
+                before = part.completed
                 part.completed += written
                 os.pwrite(self._parts_fd, struct.pack("<Q", part.completed), _completed_offset(index))
-                self._cond.notify_all()
+                if part.done or before // _HASH_READ != part.completed // _HASH_READ:
+                    self._cond.notify_all()
 
     def reset(self) -> None:
         """Throw away what was written and start from byte 0 (a source that cannot resume)."""
