@@ -32,6 +32,7 @@ class FakeRegistry:
     corrupt: set[str] = field(default_factory=set)
     pause_after: int | None = None
     delay_per_chunk: float = 0.0
+    drop_once_after: int | None = None
     require_auth: bool = True
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     token_requests: int = 0
@@ -171,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             while pos <= end:
                 self._maybe_pause()
+                self._maybe_drop()
                 chunk = view[pos : min(pos + _CHUNK, end + 1)]
                 self.wfile.write(chunk)
                 with self.state.lock:
@@ -180,6 +182,16 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(self.state.delay_per_chunk)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _maybe_drop(self) -> None:
+        """Cut this connection once, when the served total passes `drop_once_after`."""
+        with self.state.lock:
+            limit = self.state.drop_once_after
+            if limit is None or sum(self.state.served.values()) < limit:
+                return
+            self.state.drop_once_after = None
+        self.close_connection = True
+        raise ConnectionResetError("dropped on purpose")
 
     def _maybe_pause(self) -> None:
         limit = self.state.pause_after

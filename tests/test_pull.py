@@ -107,6 +107,19 @@ def test_pull_killed_halfway_resumes_without_refetching(
     assert BlobStore(models_dir).path(digest).read_bytes() == data
 
 
+def test_dropped_connection_resumes_within_the_same_pull(
+    loam_home: Path, models_dir: Path, registry: FakeRegistry, big_gguf: Path
+) -> None:
+    data = big_gguf.read_bytes()
+    registry.add_model("library/big", "latest", data)
+    registry.drop_once_after = len(data) // 3
+    result = run_loam("pull", "--insecure", f"{registry.host}/library/big")
+    assert result.returncode == 0, result.stderr
+    assert registry.drop_once_after is None, "the connection was dropped"
+    assert registry.served[sha(data)] == len(data), "the resumed range starts at the last byte written"
+    assert BlobStore(models_dir).path(sha(data)).read_bytes() == data
+
+
 def test_corrupted_blob_is_rejected_and_removed(
     loam_home: Path, models_dir: Path, registry: FakeRegistry, tiny_gguf: Path
 ) -> None:

@@ -3,6 +3,9 @@ the ranged streaming of a blob into a partial file."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpcore
 import httpx
 
@@ -11,6 +14,9 @@ from app.errors import SourceUnavailable
 from app.store.blobs import PartialBlob
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+#: Times a dropped transfer is resumed before the pull gives up on the source.
+RETRIES = 3
+RETRY_DELAY = 0.5
 
 # httpcore reads 64 KiB per recv(); a multi-gigabyte blob in parallel ranges then
 # spends its time in per-read Python overhead (250 MB/s on two cores). 1 MiB reads
@@ -48,9 +54,36 @@ def stream_range(
     partial: PartialBlob,
     index: int,
     headers: dict[str, str] | None = None,
-    cancelled: object = None,
+    cancelled: threading.Event | None = None,
 ) -> None:
-    """Fetch the unwritten rest of part `index` with a Range request into `partial`."""
+    """Fetch the unwritten rest of part `index` into `partial`, resuming after a
+    dropped connection up to RETRIES times from the last byte written."""
+    for attempt in range(RETRIES + 1):
+        try:
+            _stream_once(http, url, partial, index, headers, cancelled)
+            return
+        except (httpx.TransportError, _ClosedEarly) as e:
+            if attempt == RETRIES or (cancelled is not None and cancelled.is_set()):
+                raise SourceUnavailable(
+                    f"{url}: {describe_error(e)} at byte {partial.parts[index].next_offset}; pull again to resume"
+                ) from e
+            time.sleep(RETRY_DELAY * (attempt + 1))
+        except httpx.HTTPError as e:
+            raise SourceUnavailable(f"{url}: {describe_error(e)}") from e
+
+
+class _ClosedEarly(Exception):
+    """The server ended a response before the range was complete."""
+
+
+def _stream_once(
+    http: httpx.Client,
+    url: str,
+    partial: PartialBlob,
+    index: int,
+    headers: dict[str, str] | None,
+    cancelled: threading.Event | None,
+) -> None:
     part = partial.parts[index]
     if part.done:
         return
@@ -59,29 +92,24 @@ def stream_range(
     if ranged:
         end = "" if part.size is None else str(part.offset + part.size - 1)
         request_headers["Range"] = f"bytes={part.next_offset}-{end}"
-    try:
-        with http.stream("GET", url, headers=request_headers) as response:
-            if response.status_code == 416 and part.size is None:
+    with http.stream("GET", url, headers=request_headers) as response:
+        if response.status_code == 416 and part.size is None:
+            return
+        response.raise_for_status()
+        if ranged and response.status_code != 206:
+            if index == 0 and len(partial.parts) == 1:
+                partial.reset()
+            else:
+                raise SourceUnavailable(f"{url} ignores byte ranges; cannot resume")
+        for chunk in response.iter_raw():
+            if cancelled is not None and cancelled.is_set():
                 return
-            response.raise_for_status()
-            if ranged and response.status_code != 206:
-                if index == 0 and len(partial.parts) == 1:
-                    partial.reset()
-                else:
-                    raise SourceUnavailable(f"{url} ignores byte ranges; cannot resume")
-            for chunk in response.iter_raw():
-                if getattr(cancelled, "is_set", lambda: False)():
-                    return
-                room = None if part.size is None else part.size - part.completed
-                if room is not None and len(chunk) > room:
-                    chunk = chunk[:room]
-                if chunk:
-                    partial.write(index, chunk)
-                if part.done:
-                    return
-    except httpx.HTTPError as e:
-        raise SourceUnavailable(f"{url}: {describe_error(e)}") from e
+            room = None if part.size is None else part.size - part.completed
+            if room is not None and len(chunk) > room:
+                chunk = chunk[:room]
+            if chunk:
+                partial.write(index, chunk)
+            if part.done:
+                return
     if part.size is not None and not part.done:
-        raise SourceUnavailable(
-            f"{url}: connection closed at byte {part.next_offset} of {partial.total}; pull again to resume"
-        )
+        raise _ClosedEarly("connection closed early")

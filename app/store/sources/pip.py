@@ -81,7 +81,8 @@ class PipSource:
             partial = blobs.partial(key, total, expected)
             try:
                 partial.reset()
-                meter = Meter(progress, f"extracting {Path(self.members[0]).name}", expected, total)
+                label = re.sub(r"\.part\d+$", "", Path(self.members[0]).name)
+                meter = Meter(progress, f"extracting {label}", expected, total)
                 for archive, info in entries:
                     with archive.open(info) as f:
                         while chunk := f.read(_CHUNK):
