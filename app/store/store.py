@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app import config
-from app.errors import BadModelFile, ModelNotFound
+from app.errors import ModelNotFound
 from app.store.blobs import BlobRef, BlobStore
 from app.store.gguf_info import GGUFInfo, inspect
 from app.store.manifest import (
@@ -154,6 +154,3 @@ class Store:
 def check_model_file(path: Path) -> None:
     """Validator for model blobs: a whole GGUF with an architecture, or BadModelFile."""
     inspect(path)
-
-
-__all__ = ["BadModelFile", "ModelDetails", "Store", "check_model_file"]

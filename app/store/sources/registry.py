@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from app.errors import DigestMismatch, SourceUnavailable
-from app.store.blobs import BlobStore, digest_hex, partial_key, short_digest
+from app.store.blobs import BlobStore, PartialBlob, digest_hex, partial_key, short_digest
 from app.store.manifest import MEDIA_MANIFEST, MEDIA_MODEL, Layer, Manifest
 from app.store.names import ModelName
 from app.store.progress import Meter, ProgressEvent, ProgressFn
@@ -115,7 +115,7 @@ class RegistrySource:
                 )
 
 
-def _download_parts(session: _Session, url: str, partial, meter: Meter) -> None:
+def _download_parts(session: _Session, url: str, partial: PartialBlob, meter: Meter) -> None:
     """Fetch every unfinished part in its own thread; report progress from this one."""
     cancelled = threading.Event()
     errors: list[BaseException] = []
