@@ -33,6 +33,7 @@ class FakeRegistry:
     pause_after: int | None = None
     delay_per_chunk: float = 0.0
     drop_once_after: int | None = None
+    refuse_head: bool = False
     require_auth: bool = True
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     token_requests: int = 0
@@ -114,6 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
+        if self.state.refuse_head:
+            self.state.requests.append(f"HEAD {urlparse(self.path).path}")
+            return self._send(405, b"", head=True)
         self._route(head=True)
 
     def do_GET(self) -> None:

@@ -225,6 +225,18 @@ def test_url_source_resumes_with_range(loam_home: Path, models_dir: Path, big_gg
         server.stop()
 
 
+def test_url_whose_server_refuses_head(loam_home: Path, models_dir: Path, tiny_gguf: Path) -> None:
+    server = FakeRegistry(require_auth=False, refuse_head=True).start()
+    try:
+        digest = server.add_blob(tiny_gguf.read_bytes())["digest"]
+        result = run_loam("pull", "nohead:1", "--from", f"http://{server.host}/v2/files/blobs/{digest}")
+        assert result.returncode == 0, result.stderr
+        assert "HEAD /v2/files/blobs/" + digest in server.requests
+        assert BlobStore(models_dir).path(digest).read_bytes() == tiny_gguf.read_bytes()
+    finally:
+        server.stop()
+
+
 def test_file_that_is_not_gguf(loam_home: Path, models_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "page.gguf"
     bad.write_text("<html>rate limited</html>")

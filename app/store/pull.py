@@ -7,7 +7,7 @@ from pathlib import Path
 from app import config
 from app.errors import BadModelFile, DigestMismatch, LoamError, SourceUnavailable
 from app.store.catalog import Catalog, CatalogEntry
-from app.store.gguf_info import inspect
+from app.store.gguf_info import GGUFInfo, inspect
 from app.store.names import ModelName
 from app.store.progress import ProgressEvent, ProgressFn, ignore_progress
 from app.store.sources import RegistrySource, Source, parse_source
@@ -59,11 +59,16 @@ def _pull_from(store: Store, name: ModelName, entry: CatalogEntry | None, src: S
         progress(ProgressEvent("writing manifest"))
         store.manifests.write(name, pulled.raw)
         return
+    checked: list[GGUFInfo] = []
     ref = src.fetch_model(
-        store.blobs, entry.digest if entry else None, entry.size if entry else None, progress, check_model_file
+        store.blobs,
+        entry.digest if entry else None,
+        entry.size if entry else None,
+        progress,
+        lambda path: checked.append(inspect(path)),
     )
     progress(ProgressEvent("verifying sha256 digest"))
-    info = inspect(store.blobs.path(ref.digest))
+    info = checked[0] if checked else inspect(store.blobs.path(ref.digest))
     progress(ProgressEvent("writing manifest"))
     store.write_model(
         name,

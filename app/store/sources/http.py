@@ -12,6 +12,7 @@ import httpx
 from app import __version__
 from app.errors import SourceUnavailable
 from app.store.blobs import PartialBlob
+from app.store.progress import Meter
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 #: Times a dropped transfer is resumed before the pull gives up on the source.
@@ -46,6 +47,39 @@ def describe_error(e: BaseException) -> str:
         text = str(e).splitlines()[0] if str(e) else "connection failed"
         return f"cannot connect ({text})"
     return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def download(
+    http: httpx.Client, url: str, partial: PartialBlob, meter: Meter, headers: dict[str, str] | None = None
+) -> None:
+    """Fetch every unfinished part of `partial` in its own thread; report progress from this one.
+
+    Workers are daemon threads, so Ctrl+C in this thread ends the pull at once;
+    what they wrote stays recorded for a resume.
+    """
+    cancelled = threading.Event()
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            stream_range(http, url, partial, index, headers, cancelled)
+        except BaseException as e:
+            errors.append(e)
+            cancelled.set()
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i, p in enumerate(partial.parts) if not p.done]
+    for w in workers:
+        w.start()
+    try:
+        while any(w.is_alive() for w in workers):
+            time.sleep(0.1)
+            if partial.completed:
+                meter.update(partial.completed)
+    finally:
+        cancelled.set()
+    if errors:
+        raise errors[0]
+    meter.update(partial.completed, force=True)
 
 
 def stream_range(
@@ -93,8 +127,6 @@ def _stream_once(
         end = "" if part.size is None else str(part.offset + part.size - 1)
         request_headers["Range"] = f"bytes={part.next_offset}-{end}"
     with http.stream("GET", url, headers=request_headers) as response:
-        if response.status_code == 416 and part.size is None:
-            return
         response.raise_for_status()
         if ranged and response.status_code != 206:
             if index == 0 and len(partial.parts) == 1:

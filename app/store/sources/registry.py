@@ -8,7 +8,6 @@ partial file. The manifest is stored exactly as served once every blob checks ou
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from app.errors import DigestMismatch, SourceUnavailable
-from app.store.blobs import BlobStore, PartialBlob, digest_hex, partial_key, short_digest
+from app.store.blobs import BlobStore, digest_hex, partial_key, short_digest
 from app.store.manifest import MEDIA_MANIFEST, MEDIA_MODEL, Layer, Manifest
 from app.store.names import ModelName
 from app.store.progress import Meter, ProgressEvent, ProgressFn
@@ -100,7 +99,13 @@ class RegistrySource:
             partial = blobs.partial(key, layer.size, layer.digest, parts_for(layer.size))
             try:
                 url = f"{self.base}/v2/{self.name.repository}/blobs/{layer.digest}"
-                _download_parts(session, url, partial, Meter(progress, status, layer.digest, layer.size))
+                http.download(
+                    session.client,
+                    url,
+                    partial,
+                    Meter(progress, status, layer.digest, layer.size),
+                    session.auth_headers(),
+                )
                 try:
                     ref = partial.finish(validate)
                 except DigestMismatch as e:
@@ -113,34 +118,6 @@ class RegistrySource:
                 raise SourceUnavailable(
                     f"{short_digest(layer.digest)}: got {ref.size} bytes, manifest says {layer.size}"
                 )
-
-
-def _download_parts(session: _Session, url: str, partial: PartialBlob, meter: Meter) -> None:
-    """Fetch every unfinished part in its own thread; report progress from this one."""
-    cancelled = threading.Event()
-    errors: list[BaseException] = []
-    headers = session.auth_headers()
-
-    def work(index: int) -> None:
-        try:
-            http.stream_range(session.client, url, partial, index, headers, cancelled)
-        except BaseException as e:
-            errors.append(e)
-            cancelled.set()
-
-    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i, p in enumerate(partial.parts) if not p.done]
-    for w in workers:
-        w.start()
-    try:
-        while any(w.is_alive() for w in workers):
-            for w in workers:
-                w.join(0.1)
-            meter.update(partial.completed)
-    finally:
-        cancelled.set()
-    if errors:
-        raise errors[0]
-    meter.update(partial.completed, force=True)
 
 
 class _Session:

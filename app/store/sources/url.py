@@ -6,7 +6,6 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from threading import Thread
 
 import httpx
 
@@ -40,33 +39,22 @@ class UrlSource:
                 partial = blobs.partial(key, total, expected)
                 try:
                     meter = Meter(progress, f"pulling {Path(httpx.URL(self.url).path).name}", expected, total)
-                    worker_error: list[BaseException] = []
-
-                    def work() -> None:
-                        try:
-                            http.stream_range(client, self.url, partial, 0)
-                        except BaseException as e:
-                            worker_error.append(e)
-
-                    worker = Thread(target=work, daemon=True)
-                    worker.start()
-                    while worker.is_alive():
-                        worker.join(0.1)
-                        if partial.completed:
-                            meter.update(partial.completed)
-                    if worker_error:
-                        raise worker_error[0]
-                    meter.update(partial.completed, force=True)
+                    http.download(client, self.url, partial, meter)
                     return partial.finish(validate)
                 finally:
                     partial.close()
 
     def _content_length(self, client: httpx.Client) -> int | None:
-        """The size the server announces, when it does; None when unknown."""
+        """The size the server announces, when it does; None when unknown.
+
+        A server that refuses HEAD may still serve GET, so only a transport
+        failure makes the source unavailable here.
+        """
         try:
             response = client.head(self.url)
-            response.raise_for_status()
-        except httpx.HTTPError as e:
+        except httpx.TransportError as e:
             raise SourceUnavailable(f"{self.url}: {http.describe_error(e)}") from e
+        if response.status_code != 200:
+            return None
         length = response.headers.get("content-length")
         return int(length) if length and length.isdigit() else None
