@@ -40,3 +40,11 @@ class CatalogError(LoamError):
 
 class ConfigError(LoamError):
     """config.toml or an environment variable holds a value loam cannot use."""
+
+
+class ModelfileError(LoamError):
+    """A Modelfile that cannot be built: the message starts with FILE:LINE."""
+
+
+class QuantizeError(LoamError):
+    """Quantizing a model failed, was refused, or its process crashed."""

