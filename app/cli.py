@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from app import __version__, config
 from app.display import ProgressDisplay, human_ago, human_bytes, table
 from app.errors import LoamError
 from app.store.blobs import digest_hex
 from app.store.catalog import Catalog
+from app.store.create import create, modelfile_text
+from app.store.create import load as load_modelfile
 from app.store.names import ModelName
 from app.store.pull import pull
 from app.store.store import ModelDetails, Store
@@ -56,12 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--insecure", action="store_true", help="speak plain HTTP to the registry")
 
+    p = command("create", cmd_create, "Create a model from a Modelfile")
+    p.add_argument("name", help="name for the new model")
+    p.add_argument(
+        "-f", "--file", default="Modelfile", metavar="MODELFILE", help="the Modelfile (default: ./Modelfile)"
+    )
+    p.add_argument(
+        "-q", "--quantize", metavar="TYPE", help="quantize an F16/BF16/F32 model, e.g. q4_K_M, q8_0 (see docs)"
+    )
+    p.add_argument("--allow-requantize", action="store_true", help="allow quantizing an already quantized model")
+    p.add_argument("--insecure", action="store_true", help="speak plain HTTP to the registry if FROM must be pulled")
+
     p = command("list", cmd_list, "List the models in the store", aliases=["ls"])
 
     p = command("show", cmd_show, "Show a model's details")
     p.add_argument("name")
     for flag in ("template", "system", "parameters", "license"):
         p.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
+    p.add_argument("--modelfile", action="store_true", help="print a Modelfile that builds this model")
 
     p = command("rm", cmd_rm, "Remove models and the blobs no other model uses")
     p.add_argument("names", nargs="+", metavar="NAME")
@@ -93,6 +108,27 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    modelfile = load_modelfile(path)
+    display = ProgressDisplay()
+    try:
+        create(
+            _store(),
+            _catalog(),
+            ModelName.parse(args.name),
+            modelfile,
+            folder=path.resolve().parent,
+            quantize_to=args.quantize,
+            allow_requantize=args.allow_requantize,
+            progress=display,
+            insecure=args.insecure,
+        )
+    finally:
+        display.close()
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in _store().list():
@@ -102,6 +138,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.modelfile:
+        print(modelfile_text(_store(), ModelName.parse(args.name)), end="")
+        return 0
     details = _store().show(ModelName.parse(args.name))
     only = [f for f in ("template", "system", "parameters", "license") if getattr(args, f)]
     if only:

@@ -124,10 +124,27 @@ def shipped_file(name: str) -> Path:
     raise FileNotFoundError(f"{name} is missing from the loam installation; reinstall loam")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode for files loam makes: what open() would give, so another user's Ollama can read the store.
+FILE_MODE = 0o666 & ~_umask()
+
+
+def temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """mkstemp in `folder`, but with the usual file mode instead of mkstemp's 0600."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.fchmod(fd, FILE_MODE)
+    return fd, name
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

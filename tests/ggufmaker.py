@@ -72,6 +72,7 @@ def write_tiny_llama(
     padding_bytes: int = 0,
     seed: int = 0,
     name: str = "tiny-llama",
+    architecture: str = "llama",
 ) -> Path:
     """A llama model with an SPM vocabulary of specials, 256 byte tokens and some words.
 
@@ -82,7 +83,7 @@ def write_tiny_llama(
     tokens, scores, types = _vocab()
     n_vocab = len(tokens)
     float_type = np.float16 if dtype == "f16" else np.float32
-    writer = GGUFWriter(str(path), "llama")
+    writer = GGUFWriter(str(path), architecture)
     writer.add_name(name)
     writer.add_block_count(n_layer)
     writer.add_context_length(n_ctx)
@@ -145,3 +146,25 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     types += [TokenType.NORMAL] * len(pieces)
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
     return tokens, scores, [int(t) for t in types]
+
+
+def write_tiny_lora(path: Path, *, n_embd: int = 64, n_layer: int = 2, rank: int = 4, seed: int = 1) -> Path:
+    """A LoRA adapter GGUF for `write_tiny_llama`'s attention projections, as llama.cpp's converter writes one."""
+    rng = np.random.default_rng(seed)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    for i in range(n_layer):
+        for proj in ("attn_q", "attn_v"):
+            writer.add_tensor(
+                f"blk.{i}.{proj}.weight.lora_a", (rng.standard_normal((rank, n_embd)) * 0.01).astype(np.float32)
+            )
+            writer.add_tensor(
+                f"blk.{i}.{proj}.weight.lora_b", (rng.standard_normal((n_embd, rank)) * 0.01).astype(np.float32)
+            )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.config import temp_file
 from app.errors import DigestMismatch, StoreWriteError
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
@@ -79,7 +79,7 @@ class BlobStore:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has(digest, len(data)):
             self._ensure_dir()
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
+            fd, tmp = temp_file(self.dir, ".tmp-")
             try:
                 with _disk_errors(self.dir), os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -90,6 +90,27 @@ class BlobStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return BlobRef(digest, len(data))
+
+    def temp_path(self, label: str) -> Path:
+        """A fresh name inside `blobs/` for a file made elsewhere (a quantized model) before `adopt`."""
+        self._ensure_dir()
+        fd, name = temp_file(self.dir, f".tmp-{label}-")
+        os.close(fd)
+        return Path(name)
+
+    def adopt(self, path: Path, validate: Callable[[Path], None] | None = None) -> BlobRef:
+        """Hash a finished file inside `blobs/` and rename it to its digest; it is gone either way."""
+        try:
+            ref = hash_file(path)
+            if validate:
+                validate(path)
+            with _disk_errors(path):
+                os.fsync(fd := os.open(path, os.O_RDONLY))
+                os.close(fd)
+                os.replace(path, self.path(ref.digest))
+            return ref
+        finally:
+            path.unlink(missing_ok=True)
 
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
@@ -149,6 +170,18 @@ class BlobStore:
     def _ensure_dir(self) -> None:
         with _disk_errors(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
+
+
+def hash_file(path: Path, on_read: Callable[[int], None] | None = None) -> BlobRef:
+    """The digest and size of a file, calling `on_read(bytes so far)` as it goes."""
+    hasher, done = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_READ):
+            hasher.update(chunk)
+            done += len(chunk)
+            if on_read:
+                on_read(done)
+    return BlobRef("sha256:" + hasher.hexdigest(), done)
 
 
 @dataclass

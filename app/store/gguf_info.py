@@ -31,6 +31,7 @@ class GGUFInfo:
     block_count: int | None
     name: str | None = None
     chat_template: str | None = None
+    kind: str | None = None  # general.type: "model", "adapter", or unset in older files
 
     @property
     def parameter_size(self) -> str:
@@ -94,6 +95,7 @@ def inspect(path: Path) -> GGUFInfo:
         block_count=_int(fields.get(f"{arch}.block_count")),
         name=_str(fields.get("general.name")),
         chat_template=_str(fields.get("tokenizer.chat_template")),
+        kind=_str(fields.get("general.type")),
     )
 
 

@@ -13,6 +13,7 @@ from app.errors import ModelNotFound
 from app.store.blobs import BlobRef, BlobStore
 from app.store.gguf_info import GGUFInfo, inspect
 from app.store.manifest import (
+    MEDIA_ADAPTER,
     MEDIA_CONFIG,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
@@ -37,8 +38,13 @@ class ModelDetails:
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    license: str | None = None
+    licenses: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
+    adapters: list[Layer] = field(default_factory=list)
+
+    @property
+    def license(self) -> str | None:
+        return "\n\n".join(self.licenses) or None
 
 
 class Store:
@@ -75,7 +81,9 @@ class Store:
         stored = self.get(name)
         info = inspect(self.model_path(name))
         texts = {
-            media: self._text(layer) for layer in stored.manifest.layers if (media := layer.media_type) != MEDIA_MODEL
+            media: self._text(layer)
+            for layer in stored.manifest.layers
+            if (media := layer.media_type) not in (MEDIA_MODEL, MEDIA_ADAPTER, MEDIA_LICENSE)
         }
         params = json.loads(texts[MEDIA_PARAMS]) if texts.get(MEDIA_PARAMS) else {}
         messages = json.loads(texts[MEDIA_MESSAGES]) if texts.get(MEDIA_MESSAGES) else []
@@ -85,8 +93,11 @@ class Store:
             template=texts.get(MEDIA_TEMPLATE),
             system=texts.get(MEDIA_SYSTEM),
             parameters=params if isinstance(params, dict) else {},
-            license=texts.get(MEDIA_LICENSE),
+            licenses=[
+                t for layer in stored.manifest.layers if layer.media_type == MEDIA_LICENSE and (t := self._text(layer))
+            ],
             messages=messages if isinstance(messages, list) else [],
+            adapters=[layer for layer in stored.manifest.layers if layer.media_type == MEDIA_ADAPTER],
         )
 
     def remove(self, name: ModelName) -> list[str]:
@@ -116,16 +127,22 @@ class Store:
         template: str | None = None,
         system: str | None = None,
         parameters: dict[str, Any] | None = None,
-        license: str | None = None,
+        license: str | list[str] | None = None,
         messages: list[dict[str, str]] | None = None,
-        extra_layers: Iterable[Layer] = (),
+        adapters: Iterable[BlobRef] = (),
     ) -> StoredManifest:
-        """Store a manifest for a model blob plus its text layers and config blob."""
-        layers = [Layer(MEDIA_MODEL, model.digest, model.size), *extra_layers]
+        """Store a manifest for a model blob plus its adapter and text layers and config blob.
+
+        Layers go in one fixed order (model, adapters, template, system, licenses,
+        params, messages) so the same inputs always make the same manifest.
+        """
+        layers = [Layer(MEDIA_MODEL, model.digest, model.size)]
+        layers += [Layer(MEDIA_ADAPTER, ref.digest, ref.size) for ref in adapters]
+        licenses = [license] if isinstance(license, str) else list(license or [])
         texts = [
             (MEDIA_TEMPLATE, template),
             (MEDIA_SYSTEM, system),
-            (MEDIA_LICENSE, license),
+            *((MEDIA_LICENSE, text) for text in licenses),
             (MEDIA_PARAMS, json.dumps(parameters) if parameters else None),
             (MEDIA_MESSAGES, json.dumps(messages) if messages else None),
         ]
