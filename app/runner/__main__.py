@@ -1,0 +1,57 @@
+"""`python -m app.runner`: serve while the model loads; exit with one JSON line if it cannot."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+from collections.abc import Sequence
+
+import uvicorn
+
+from app.runner.api import build_app
+from app.runner.engine import Engine
+from app.runner.model import LoadError, Model
+from app.runner.options import parse_args
+from app.runner.state import RunnerState
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash inside llama.cpp leaves no core file behind
+    options = parse_args(argv)
+    state = RunnerState(options)
+    config = uvicorn.Config(
+        build_app(state), host=options.host, port=options.port, log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    failure: list[LoadError] = []
+
+    def load() -> None:
+        try:
+            model = Model(options, lambda p: setattr(state, "progress", p))
+            engine = Engine(model, options.cache_ram_mib << 20)
+            engine.start()
+            state.model, state.engine = model, engine
+        except LoadError as e:
+            failure.append(e)
+            server.should_exit = True
+        except Exception as e:  # noqa: BLE001 - any load failure must end in the one-line report
+            failure.append(LoadError("error", f"{type(e).__name__}: {e}"))
+            server.should_exit = True
+
+    threading.Thread(target=load, name="load", daemon=True).start()
+    server.run()
+    if failure:
+        print(json.dumps({"error": str(failure[0]), "kind": failure[0].kind}), file=sys.stderr, flush=True)
+        return 1
+    if not server.started:
+        print(json.dumps({"error": f"cannot listen on {options.host}:{options.port}", "kind": "port"}), file=sys.stderr)
+        return 1
+    if state.engine:
+        state.engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""The runner's HTTP API, wire-compatible with llama-server's: health, completion, tokens, slots, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.runner.engine import Engine
+from app.runner.sampling import SamplingParams
+from app.runner.slot import Chunk, Request
+from app.runner.state import RunnerState
+
+
+def build_app(state: RunnerState) -> Starlette:
+    endpoints = [
+        ("/health", health, "GET"),
+        ("/completion", completion, "POST"),
+        ("/completions", completion, "POST"),
+        ("/tokenize", tokenize, "POST"),
+        ("/detokenize", detokenize, "POST"),
+        ("/embedding", embedding, "POST"),
+        ("/slots", slots, "GET"),
+        ("/metrics", metrics, "GET"),
+    ]
+    return Starlette(routes=[Route(path, partial(fn, state), methods=[method]) for path, fn, method in endpoints])
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message, "type": kind}}, status_code=status)
+
+
+async def health(state: RunnerState, http: HttpRequest) -> Response:
+    if state.engine is None:
+        return JSONResponse({"status": "loading model", "progress": round(state.progress, 3)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    return body
+
+
+def _prompt_tokens(state: RunnerState, prompt: Any) -> list[int]:
+    """A prompt as llama-server takes it: a string, a list of token ids, or a mix of both."""
+    model = state.model
+    assert model is not None
+    if isinstance(prompt, str):
+        return model.tokenize(prompt, add_special=True, parse_special=True)
+    if isinstance(prompt, list):
+        tokens: list[int] = []
+        for i, part in enumerate(prompt):
+            if isinstance(part, bool) or not isinstance(part, (int, str)):
+                raise ValueError("prompt lists hold token ids and strings")
+            if isinstance(part, str):
+                tokens += model.tokenize(part, add_special=i == 0, parse_special=True)
+            elif not model.valid_token(part):
+                raise ValueError(f"token id {part} is out of range (vocabulary of {model.n_vocab})")
+            else:
+                tokens.append(part)
+        return tokens
+    raise ValueError("prompt must be a string or a list of token ids")
+
+
+async def completion(state: RunnerState, http: HttpRequest) -> Response:
+    engine = state.engine
+    if engine is None:
+        return error(503, "Loading model", "unavailable_error")
+    try:
+        body = await _body(http)
+        prompt = body.get("prompt", body.get("tokens"))
+        tokens = _prompt_tokens(state, prompt)
+        params = SamplingParams.from_json(body)
+    except ValueError as e:
+        return error(400, str(e))
+    if not tokens:
+        return error(400, "the prompt is empty")
+    chunks, request = _submit(engine, tokens, params)
+    watcher = asyncio.create_task(_cancel_on_disconnect(http, engine, request, chunks))
+    if not body.get("stream"):
+        try:
+            return _whole(await _collect(chunks))
+        finally:
+            watcher.cancel()
+    sse = "text/event-stream" in http.headers.get("accept", "") or body.get("stream_format") == "sse"
+    return StreamingResponse(
+        _stream(chunks, engine, request, watcher, sse),
+        media_type="text/event-stream" if sse else "application/x-ndjson",
+    )
+
+
+def _submit(
+    engine: Engine, tokens: list[int], params: SamplingParams, embedding: bool = False
+) -> tuple[asyncio.Queue[Chunk | None], Request]:
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
+    request = Request(tokens, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c), embedding)
+    engine.submit(request)
+    return chunks, request
+
+
+async def _cancel_on_disconnect(
+    http: HttpRequest, engine: Engine, request: Request, chunks: asyncio.Queue[Chunk | None]
+) -> None:
+    """Free the slot as soon as the client goes, even before the first token."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    engine.cancel(request)
+    chunks.put_nowait(None)
+
+
+async def _collect(chunks: asyncio.Queue[Chunk | None]) -> list[Chunk]:
+    out: list[Chunk] = []
+    while (chunk := await chunks.get()) is not None:
+        out.append(chunk)
+        if chunk.get("stop"):
+            break
+    return out
+
+
+def _whole(chunks: list[Chunk]) -> Response:
+    if not chunks:
+        return error(499, "the client went away")
+    final = dict(chunks[-1])
+    if "error" in final:
+        return error(500, final["error"], "server_error")
+    final["content"] = "".join(c.get("content", "") for c in chunks)
+    final["tokens"] = [t for c in chunks for t in c.get("tokens", [])]
+    return JSONResponse(final)
+
+
+async def _stream(
+    chunks: asyncio.Queue[Chunk | None], engine: Engine, request: Request, watcher: asyncio.Task[None], sse: bool
+) -> AsyncIterator[bytes]:
+    try:
+        while (chunk := await chunks.get()) is not None:
+            data = json.dumps(chunk, ensure_ascii=False)
+            yield (f"data: {data}\n\n" if sse else data + "\n").encode()
+            if chunk.get("stop"):
+                return
+    finally:
+        engine.cancel(request)
+        watcher.cancel()
+
+
+async def tokenize(state: RunnerState, http: HttpRequest) -> Response:
+    if state.model is None:
+        return error(503, "Loading model", "unavailable_error")
+    try:
+        body = await _body(http)
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise ValueError("content must be a string")
+    except ValueError as e:
+        return error(400, str(e))
+    model = state.model
+    tokens = model.tokenize(content, bool(body.get("add_special", False)), bool(body.get("parse_special", True)))
+    if body.get("with_pieces"):
+        pieces = [{"id": t, "piece": model.piece(t, special=True).decode("utf-8", "replace")} for t in tokens]
+        return JSONResponse({"tokens": pieces})
+    return JSONResponse({"tokens": tokens})
+
+
+async def detokenize(state: RunnerState, http: HttpRequest) -> Response:
+    if state.model is None:
+        return error(503, "Loading model", "unavailable_error")
+    try:
+        body = await _body(http)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and state.model.valid_token(t) for t in tokens):
+            raise ValueError("tokens must be a list of token ids in the vocabulary")
+    except ValueError as e:
+        return error(400, str(e))
+    return JSONResponse({"content": state.model.detokenize(tokens)})
+
+
+async def embedding(state: RunnerState, http: HttpRequest) -> Response:
+    engine = state.engine
+    if engine is None:
+        return error(503, "Loading model", "unavailable_error")
+    if not state.options.embedding:
+        return error(501, "this runner was started without --embedding", "not_supported_error")
+    try:
+        body = await _body(http)
+        tokens = _prompt_tokens(state, body.get("content", body.get("input")))
+    except ValueError as e:
+        return error(400, str(e))
+    if not tokens:
+        return error(400, "the content is empty")
+    chunks, _ = _submit(engine, tokens, SamplingParams(), embedding=True)
+    result = await chunks.get()
+    if not result or "error" in result:
+        return error(500, (result or {}).get("error", "no result"), "server_error")
+    return JSONResponse({"embedding": result["embedding"], "tokens_evaluated": result["tokens_evaluated"]})
+
+
+async def slots(state: RunnerState, http: HttpRequest) -> Response:
+    if state.engine is None:
+        return error(503, "Loading model", "unavailable_error")
+    return JSONResponse([slot.describe() for slot in state.engine.slots])
+
+
+async def metrics(state: RunnerState, http: HttpRequest) -> Response:
+    engine = state.engine
+    if engine is None:
+        return error(503, "Loading model", "unavailable_error")
+    m, sec = engine.metrics, engine.metrics_seconds
+    lines = [
+        ("counter", "llamacpp:prompt_tokens_total", m["prompt_tokens_total"], "prompt tokens processed"),
+        ("counter", "llamacpp:prompt_seconds_total", sec["prompt_seconds_total"], "prompt processing time"),
+        ("counter", "llamacpp:tokens_predicted_total", m["tokens_predicted_total"], "generated tokens"),
+        ("counter", "llamacpp:tokens_predicted_seconds_total", sec["tokens_predicted_seconds_total"], "time"),
+        ("counter", "llamacpp:n_decode_total", m["n_decode_total"], "llama_decode calls"),
+        ("gauge", "llamacpp:requests_processing", sum(s.busy for s in engine.slots), "busy slots"),
+        ("gauge", "llamacpp:requests_deferred", engine.queued, "requests waiting for a slot"),
+        ("gauge", "loam:state_cache_bytes", engine.cache.bytes, "bytes of saved conversation states"),
+        ("gauge", "loam:state_cache_entries", len(engine.cache), "saved conversation states"),
+        ("counter", "loam:state_cache_hits_total", engine.cache.hits, "saved states restored into a slot"),
+    ]
+    text = "".join(f"# HELP {n} {h}\n# TYPE {n} {k}\n{n} {v}\n" for k, n, v, h in lines)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -1,0 +1,309 @@
+"""The decode loop: continuous batching over slots, the prompt cache, context shifting.
+
+One thread owns the llama.cpp context. Each pass it admits queued requests
+into free slots (choosing the slot, or a saved state, with the longest common
+prefix), builds one batch holding the next token of every generating slot plus
+prompt chunks of slots still reading, decodes it, samples every slot that has
+logits, and hands each new piece of text to its request at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+import time
+from collections import deque
+
+import llama_cpp as llama
+
+from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.model import Model
+from app.runner.sampling import Sampler
+from app.runner.slot import Chunk, Request, Slot
+
+
+class Engine:
+    """Slots, a request queue and the thread that decodes for them."""
+
+    def __init__(self, model: Model, cache_bytes: int) -> None:
+        self.model = model
+        self.slots = [Slot(i) for i in range(model.options.parallel)]
+        self.cache = StateCache(cache_bytes)
+        self.batch_size = model.options.batch_size
+        self._batch = llama.llama_batch_init(self.batch_size, 0, 1)
+        self._queue: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+        self.metrics = {"prompt_tokens_total": 0, "tokens_predicted_total": 0, "n_decode_total": 0}
+        self.metrics_seconds = {"prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0}
+
+    # -- called from any thread ---------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            self._queue.append(request)
+            self._cond.notify_all()
+
+    def cancel(self, request: Request) -> None:
+        """The client is gone: free its slot (or drop it from the queue) at the next pass."""
+        request.cancelled.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- the decode thread --------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._queue and not any(s.busy for s in self.slots):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            self._drop_cancelled()
+            self._admit()
+            self._step()
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            self._queue = deque(r for r in self._queue if not r.cancelled.is_set())
+        for slot in self.slots:
+            if slot.request and slot.request.cancelled.is_set():
+                slot.release()
+
+    def _admit(self) -> None:
+        while True:
+            with self._cond:
+                free = [s for s in self.slots if not s.busy]
+                if not self._queue or not free:
+                    return
+                request = self._queue.popleft()
+            if request.embedding:
+                self._embed(request, free)
+            else:
+                self._assign(request, free)
+
+    def _assign(self, request: Request, free: list[Slot]) -> None:
+        params = request.params
+        prompt, truncated = self._fit_prompt(request.prompt, params.n_keep)
+        request.prompt = prompt
+        slot, n_cached = self._pick_slot(prompt, free, params.cache_prompt)
+        n_cached = min(n_cached, len(prompt) - 1)  # the last prompt token is evaluated for its logits
+        self._trim(slot, n_cached)
+        sampler = Sampler(params, self.model.n_vocab)
+        for token in prompt[max(0, len(prompt) - params.repeat_last_n) :] if sampler.penalized else ():
+            sampler.accept(token)
+        slot.start(request, sampler, n_cached, truncated)
+
+    def _pick_slot(self, prompt: list[int], free: list[Slot], use_cache: bool) -> tuple[Slot, int]:
+        """The free slot to use and how many prompt tokens it already holds.
+
+        The slot with the longest common prefix wins, unless a saved state
+        shares more; then the least recently used free slot is saved away
+        and the state restored into it.
+        """
+        slot = max(free, key=lambda s: (common_prefix(s.tokens, prompt) if use_cache else 0, -s.last_used))
+        n = common_prefix(slot.tokens, prompt) if use_cache else 0
+        saved, n_saved = self.cache.best(prompt) if use_cache else (None, 0)
+        if saved is not None and n_saved > n:
+            slot = min(free, key=lambda s: s.last_used)
+            self._save(slot)
+            self._restore(slot, saved)
+            return slot, n_saved
+        if n < len(slot.tokens) // 2:
+            self._save(slot)  # another conversation takes this slot; keep this one's history
+        return slot, n
+
+    def _fit_prompt(self, prompt: list[int], n_keep: int) -> tuple[list[int], bool]:
+        """Cut a prompt too long for a slot from the front, keeping its first n_keep tokens."""
+        n_ctx = self.model.n_ctx_slot
+        if len(prompt) < n_ctx:
+            return prompt, False
+        keep = min(max(n_keep, 0) + int(self.model.add_bos), n_ctx // 2)
+        block = (n_ctx - keep) // 2
+        erased = (len(prompt) - keep - block) // block
+        return prompt[:keep] + prompt[keep + erased * block :], True
+
+    def _save(self, slot: Slot) -> None:
+        if not slot.tokens or self.cache.max_bytes <= 0:
+            return
+        size = llama.llama_state_seq_get_size(self.model.ctx, slot.id)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama.llama_state_seq_get_data(self.model.ctx, buf, size, slot.id)
+        self.cache.put(SavedState(tuple(slot.tokens), bytes(buf[:written])))
+
+    def _restore(self, slot: Slot, saved: SavedState) -> None:
+        llama.llama_memory_seq_rm(self.model.memory, slot.id, -1, -1)
+        buf = (ctypes.c_uint8 * len(saved.data)).from_buffer_copy(saved.data)
+        if llama.llama_state_seq_set_data(self.model.ctx, buf, len(saved.data), slot.id) == 0:
+            slot.tokens = []
+            return
+        slot.tokens = list(saved.tokens)
+        self.cache.take(saved)
+
+    def _trim(self, slot: Slot, n: int) -> None:
+        """Keep only the first n tokens of a slot's KV cache."""
+        if n < len(slot.tokens):
+            llama.llama_memory_seq_rm(self.model.memory, slot.id, n, -1)
+            del slot.tokens[n:]
+
+    def _step(self) -> None:
+        """Build one batch from every busy slot, decode it, sample and emit."""
+        batch, outputs, n_gen = self._build_batch()
+        if batch.n_tokens == 0:
+            return
+        started = time.perf_counter()
+        rc = llama.llama_decode(self.model.ctx, batch)
+        self.metrics["n_decode_total"] += 1
+        if rc != 0:
+            for slot, _ in outputs:
+                self._fail(slot, f"llama_decode failed ({rc})")
+            return
+        elapsed = time.perf_counter() - started
+        for slot, index in outputs:
+            self._sample(slot, index)
+        self._account(n_gen, batch.n_tokens - n_gen, elapsed)
+
+    def _build_batch(self) -> tuple[llama.llama_batch, list[tuple[Slot, int]], int]:
+        """The batch, the (slot, batch index) pairs to sample, and how many tokens are generated ones."""
+        batch = self._batch
+        batch.n_tokens = 0
+        outputs: list[tuple[Slot, int]] = []
+        for slot in self.slots:
+            if slot.busy and slot.next_token is not None and self._make_room(slot):
+                token, slot.next_token = slot.next_token, None
+                outputs.append((slot, self._add(slot, token, True)))
+        n_gen = len(outputs)
+        reading = [s for s in self.slots if s.busy and s.pending]
+        for i, slot in enumerate(reading):
+            budget = (self.batch_size - batch.n_tokens) // (len(reading) - i)
+            take = slot.pending[:budget]
+            if not take:
+                continue
+            del slot.pending[: len(take)]
+            for j, token in enumerate(take):
+                index = self._add(slot, token, not slot.pending and j == len(take) - 1)
+            if not slot.pending:
+                outputs.append((slot, index))
+        return batch, outputs, n_gen
+
+    def _add(self, slot: Slot, token: int, logits: bool) -> int:
+        b = self._batch
+        i = b.n_tokens
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, slot.n_past, 1, logits
+        b.seq_id[i][0] = slot.id
+        b.n_tokens = i + 1
+        slot.tokens.append(token)
+        return i
+
+    def _make_room(self, slot: Slot) -> bool:
+        """Shift the context when it is full: keep n_keep tokens, drop half of the rest."""
+        if slot.n_past < self.model.n_ctx_slot:
+            return True
+        if not self.model.can_shift:
+            self._finish(slot, "limit")
+            return False
+        assert slot.request is not None
+        n_keep = min(max(slot.request.params.n_keep, 0) + int(self.model.add_bos), slot.n_past // 2)
+        n_discard = (slot.n_past - n_keep) // 2
+        mem = self.model.memory
+        llama.llama_memory_seq_rm(mem, slot.id, n_keep, n_keep + n_discard)
+        llama.llama_memory_seq_add(mem, slot.id, n_keep + n_discard, slot.n_past, -n_discard)
+        del slot.tokens[n_keep : n_keep + n_discard]
+        slot.truncated = True
+        return True
+
+    def _sample(self, slot: Slot, index: int) -> None:
+        request, sampler, text = slot.request, slot.sampler, slot.text
+        assert request is not None and sampler is not None and text is not None
+        if not slot.prompt_done:
+            slot.prompt_done = time.perf_counter()
+        token = sampler.sample(self.model.ctx, index)
+        slot.n_decoded += 1
+        if self.model.is_eog(token) and not request.params.ignore_eos:
+            self._finish(slot, "eos")
+            return
+        content = text.feed(self.model.piece(token))
+        if text.stopped_by is not None:
+            self._finish(slot, "word", content)
+            return
+        request.emit({"content": content, "tokens": [token], "stop": False, "id_slot": slot.id})
+        n_predict = request.params.n_predict
+        if 0 <= n_predict <= slot.n_decoded:
+            self._finish(slot, "limit")
+            return
+        slot.next_token = token
+
+    def _finish(self, slot: Slot, stop_type: str, content: str = "") -> None:
+        request, text = slot.request, slot.text
+        assert request is not None and text is not None
+        if stop_type != "word":
+            content += text.flush()
+        final: Chunk = {
+            "content": content,
+            "stop": True,
+            "stop_type": stop_type,
+            "stopping_word": text.stopped_by or "",
+            "id_slot": slot.id,
+            "tokens_predicted": slot.n_decoded,
+            "tokens_evaluated": slot.n_prompt,
+            "tokens_cached": slot.n_past,
+            "truncated": slot.truncated,
+            "timings": slot.timings(time.perf_counter()),
+        }
+        slot.release()
+        request.emit(final)
+
+    def _fail(self, slot: Slot, message: str) -> None:
+        request = slot.request
+        slot.release()
+        self._trim(slot, 0)
+        if request:
+            request.emit({"error": message, "stop": True})
+
+    def _account(self, n_gen: int, n_prompt: int, elapsed: float) -> None:
+        """Counters for /metrics; a mixed batch's time counts toward both kinds of work."""
+        self.metrics["tokens_predicted_total"] += n_gen
+        self.metrics["prompt_tokens_total"] += n_prompt
+        if n_gen:
+            self.metrics_seconds["tokens_predicted_seconds_total"] += elapsed
+        if n_prompt:
+            self.metrics_seconds["prompt_seconds_total"] += elapsed
+
+    def _embed(self, request: Request, free: list[Slot]) -> None:
+        """Mean-pooled, L2-normalized embedding of the request's tokens, in a free slot's sequence."""
+        slot = min(free, key=lambda s: s.last_used)
+        self._save(slot)
+        self._trim(slot, 0)
+        tokens = request.prompt[: min(self.batch_size, 512)]  # one micro-batch: pooling sees every token
+        batch = self._batch
+        batch.n_tokens = 0
+        for token in tokens:
+            self._add(slot, token, True)
+        llama.llama_set_embeddings(self.model.ctx, True)
+        try:
+            if llama.llama_decode(self.model.ctx, batch) != 0:
+                request.emit({"error": "llama_decode failed", "stop": True})
+                return
+            raw = llama.llama_get_embeddings_seq(self.model.ctx, slot.id)
+            vector = [float(raw[i]) for i in range(self.model.n_embd)]
+        finally:
+            llama.llama_set_embeddings(self.model.ctx, False)
+            self._trim(slot, 0)
+            slot.last_used = time.perf_counter()
+        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        request.emit({"embedding": [x / norm for x in vector], "tokens_evaluated": len(tokens), "stop": True})

@@ -1,0 +1,187 @@
+"""A llama.cpp model and context, loaded through llama-cpp-python's low-level bindings.
+
+Only the engine's decode thread touches the context after loading; the
+tokenizer calls read the vocabulary alone and are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as llama
+
+from app.runner.options import RunnerOptions
+
+_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+
+
+class LoadError(Exception):
+    """A model that could not be loaded, with the kind the runner reports (oom, bad_model, ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class _LogTail:
+    """The last lines llama.cpp logged: load failures are explained only there."""
+
+    lines: list[str]
+    verbose: bool
+
+    def __call__(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace")
+        if self.verbose:
+            sys.stderr.write(line)
+        self.lines.append(line)
+        del self.lines[:-40]
+
+
+_log = _LogTail([], False)
+_log_callback = llama.llama_log_callback(_log)
+
+
+class Model:
+    """A loaded model, its vocabulary and one context with a sequence per slot."""
+
+    def __init__(self, options: RunnerOptions, on_progress: Callable[[float], None] = lambda p: None) -> None:
+        _log.verbose = options.verbose
+        llama.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama.llama_backend_init()
+        self.options = options
+        self.model = _load_model(options, on_progress)
+        self.vocab = llama.llama_model_get_vocab(self.model)
+        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = llama.llama_model_n_embd(self.model)
+        self.ctx = _new_context(self.model, options)
+        self.n_ctx = llama.llama_n_ctx(self.ctx)
+        self.n_ctx_slot = self.n_ctx // options.parallel
+        self.memory = llama.llama_get_memory(self.ctx)
+        self.can_shift = bool(llama.llama_memory_can_shift(self.memory))
+        self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
+        self._adapters = [_apply_lora(self.model, self.ctx, path) for path in options.lora]
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            buf = (llama.llama_token * size)()
+            n = llama.llama_tokenize(self.vocab, data, len(data), buf, size, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token stands for; control tokens are empty unless `special`."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        llama.llama_free(self.ctx)
+        llama.llama_model_free(self.model)
+
+
+def _load_model(options: RunnerOptions, on_progress: Callable[[float], None]) -> llama.llama_model_p:
+    path = Path(options.model)
+    if not path.is_file():
+        raise LoadError("missing", f"model file {path} does not exist")
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise LoadError("bad_model", f"{path} is not a GGUF model file")
+    params = llama.llama_model_default_params()
+    params.n_gpu_layers = options.n_gpu_layers
+    params.main_gpu = options.main_gpu
+    if options.tensor_split:
+        split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
+        params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
+    _set_load_mode(params, mmap=not options.no_mmap, mlock=options.mlock)
+
+    @llama.llama_progress_callback
+    def progress(fraction: float, user_data: ctypes.c_void_p) -> bool:
+        on_progress(float(fraction))
+        return True
+
+    params.progress_callback = progress
+    model = llama.llama_model_load_from_file(os.fsencode(path), params)
+    if not model:
+        raise _classify(f"cannot load {path.name}")
+    return model
+
+
+def _set_load_mode(params: llama.llama_model_params, mmap: bool, mlock: bool) -> None:
+    if hasattr(params, "load_mode"):
+        if mmap:
+            params.load_mode = llama.LLAMA_LOAD_MODE_MMAP_MLOCK if mlock else llama.LLAMA_LOAD_MODE_MMAP
+        else:
+            params.load_mode = llama.LLAMA_LOAD_MODE_MLOCK if mlock else llama.LLAMA_LOAD_MODE_NONE
+    else:  # older llama.cpp
+        params.use_mmap, params.use_mlock = mmap, mlock
+
+
+def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.llama_context_p:
+    params = llama.llama_context_default_params()
+    params.n_ctx = options.ctx_size
+    params.n_batch = options.batch_size
+    params.n_ubatch = min(options.batch_size, 512)
+    params.n_seq_max = options.parallel
+    params.n_threads = params.n_threads_batch = options.threads or max(1, (os.cpu_count() or 2))
+    params.flash_attn_type = {
+        "on": llama.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        "off": llama.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        "auto": llama.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    }[options.flash_attn]
+    params.type_k = params.type_v = _KV_TYPES[options.kv_cache_type]
+    params.no_perf = False
+    if options.embedding:
+        params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN
+    ctx = llama.llama_init_from_model(model, params)
+    if not ctx:
+        llama.llama_model_free(model)
+        raise _classify(f"cannot create a context of {options.ctx_size} tokens")
+    return ctx
+
+
+def _apply_lora(model: llama.llama_model_p, ctx: llama.llama_context_p, path: Path) -> llama.llama_adapter_lora_p:
+    adapter = llama.llama_adapter_lora_init(model, os.fsencode(path))
+    if not adapter:
+        raise _classify(f"cannot load the LoRA adapter {path}")
+    adapters = (llama.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(1.0)
+    if llama.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
+        raise LoadError("bad_model", f"the LoRA adapter {path} does not fit this model")
+    return adapter
+
+
+_OOM = re.compile(r"out of memory|failed to allocate|unable to allocate|cannot allocate|alloc.*failed", re.I)
+_ARCH = re.compile(r"unknown model architecture: '([^']*)'")
+
+
+def _classify(what: str) -> LoadError:
+    """Name the cause of a load failure from what llama.cpp logged."""
+    text = "".join(_log.lines)
+    reason = next((ln.strip() for ln in reversed(_log.lines) if "error" in ln.lower() or "failed" in ln.lower()), "")
+    if m := _ARCH.search(text):
+        return LoadError("bad_model", f"{what}: unsupported model architecture '{m.group(1)}'")
+    if _OOM.search(text):
+        return LoadError("oom", f"{what}: not enough memory ({reason})")
+    return LoadError("bad_model", f"{what}: {reason or 'llama.cpp refused it'}")
