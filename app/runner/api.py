@@ -28,6 +28,7 @@ def build_app(state: RunnerState) -> Starlette:
         ("/detokenize", detokenize, "POST"),
         ("/embedding", embedding, "POST"),
         ("/slots", slots, "GET"),
+        ("/props", props, "GET"),
         ("/metrics", metrics, "GET"),
     ]
     return Starlette(routes=[Route(path, partial(fn, state), methods=[method]) for path, fn, method in endpoints])
@@ -85,7 +86,7 @@ async def completion(state: RunnerState, http: HttpRequest) -> Response:
         params = SamplingParams.from_json(body)
     except ValueError as e:
         return error(400, str(e))
-    if not tokens:
+    if not tokens or prompt == "":
         return error(400, "the prompt is empty")
     chunks, request = _submit(engine, tokens, params)
     watcher = asyncio.create_task(_cancel_on_disconnect(http, engine, request, chunks))
@@ -210,6 +211,20 @@ async def slots(state: RunnerState, http: HttpRequest) -> Response:
     if state.engine is None:
         return error(503, "Loading model", "unavailable_error")
     return JSONResponse([slot.describe() for slot in state.engine.slots])
+
+
+async def props(state: RunnerState, http: HttpRequest) -> Response:
+    """What llama-server reports about itself: the slot context size, the slot count, the model."""
+    if state.model is None:
+        return error(503, "Loading model", "unavailable_error")
+    return JSONResponse(
+        {
+            "default_generation_settings": {"n_ctx": state.model.n_ctx_slot},
+            "total_slots": state.options.parallel,
+            "model_path": str(state.options.model),
+            "n_ctx": state.model.n_ctx,
+        }
+    )
 
 
 async def metrics(state: RunnerState, http: HttpRequest) -> Response:

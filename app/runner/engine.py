@@ -30,7 +30,7 @@ class Engine:
         self.model = model
         self.slots = [Slot(i) for i in range(model.options.parallel)]
         self.cache = StateCache(cache_bytes)
-        self.batch_size = model.options.batch_size
+        self.batch_size = model.n_batch
         self._batch = llama.llama_batch_init(self.batch_size, 0, 1)
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -289,7 +289,9 @@ class Engine:
         slot = min(free, key=lambda s: s.last_used)
         self._save(slot)
         self._trim(slot, 0)
-        tokens = request.prompt[: min(self.batch_size, 512)]  # one micro-batch: pooling sees every token
+        tokens = request.prompt[
+            : min(self.batch_size, 512, self.model.n_ctx_slot)
+        ]  # one micro-batch: pooling sees every token
         batch = self._batch
         batch.n_tokens = 0
         for token in tokens:

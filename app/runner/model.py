@@ -62,6 +62,7 @@ class Model:
         self.n_embd = llama.llama_model_n_embd(self.model)
         self.ctx = _new_context(self.model, options)
         self.n_ctx = llama.llama_n_ctx(self.ctx)
+        self.n_batch = llama.llama_n_batch(self.ctx)  # llama.cpp clamps it to the context size
         self.n_ctx_slot = self.n_ctx // options.parallel
         self.memory = llama.llama_get_memory(self.ctx)
         self.can_shift = bool(llama.llama_memory_can_shift(self.memory))

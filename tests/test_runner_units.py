@@ -1,0 +1,106 @@
+"""The runner's pure parts: text held until safe to send, the saved-state LRU, request fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.options import parse_args
+from app.runner.sampling import SamplingParams
+from app.runner.text import TextStream
+
+
+def feed_all(stream: TextStream, pieces: list[bytes]) -> list[str]:
+    return [stream.feed(p) for p in pieces]
+
+
+def test_a_character_split_across_tokens_is_sent_whole() -> None:
+    euro = "€".encode()  # three bytes
+    stream = TextStream([])
+    out = feed_all(stream, [b"price ", euro[:1], euro[1:2], euro[2:] + b"5"])
+    assert out == ["price ", "", "", "€5"]
+    assert all("\ufffd" not in part for part in out)
+
+
+def test_invalid_bytes_become_one_replacement_at_the_end() -> None:
+    stream = TextStream([])
+    assert stream.feed(b"ok") == "ok"
+    assert stream.feed(b"\xe2\x82") == ""
+    assert stream.flush() == "\ufffd"
+
+
+def test_text_that_may_start_a_stop_string_is_held() -> None:
+    stream = TextStream(["<|end|>"])
+    assert stream.feed(b"Hello <") == "Hello "
+    assert stream.feed(b"|en") == ""
+    assert stream.feed(b"d|> more") == ""
+    assert stream.stopped_by == "<|end|>"
+
+
+def test_held_text_is_released_when_it_is_not_a_stop() -> None:
+    stream = TextStream(["<|end|>"])
+    assert stream.feed(b"a <|") == "a "
+    assert stream.feed(b"x") == "<|x"
+    assert stream.stopped_by is None
+    assert stream.feed(b" <") == " "
+    assert stream.flush() == "<"
+
+
+def test_a_stop_string_inside_one_piece_cuts_there() -> None:
+    stream = TextStream(["STOP", "END"])
+    assert stream.feed(b"abcENDdef") == "abc"
+    assert stream.stopped_by == "END"
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix((1, 2), [1, 2, 3]) == 2
+
+
+def test_state_cache_finds_the_longest_prefix_and_evicts_least_recent() -> None:
+    cache = StateCache(max_bytes=100)
+    cache.put(SavedState((1, 2, 3), b"a" * 40))
+    cache.put(SavedState((7, 8), b"b" * 40))
+    state, n = cache.best([1, 2, 3, 4])
+    assert state is not None and state.tokens == (1, 2, 3) and n == 3
+    cache.put(SavedState((9,), b"c" * 40))  # 120 bytes: the oldest goes
+    assert cache.best([1, 2, 3])[0] is None
+    assert cache.bytes == 80 and len(cache) == 2
+
+
+def test_state_cache_replaces_a_saved_prefix_with_its_continuation() -> None:
+    cache = StateCache(max_bytes=1000)
+    cache.put(SavedState((1, 2), b"x" * 10))
+    cache.put(SavedState((1, 2, 3, 4), b"y" * 20))
+    assert len(cache) == 1 and cache.bytes == 20
+    state, _ = cache.best([1, 2, 3, 4, 5])
+    assert state is not None
+    cache.take(state)
+    assert len(cache) == 0 and cache.hits == 1
+
+
+def test_state_cache_ignores_states_bigger_than_its_budget() -> None:
+    cache = StateCache(max_bytes=10)
+    cache.put(SavedState((1,), b"z" * 11))
+    assert len(cache) == 0
+
+
+def test_sampling_params_from_json() -> None:
+    params = SamplingParams.from_json({"temperature": 0, "stop": "END", "n_predict": 8.0, "seed": 3, "extra": 1})
+    assert params.temperature == 0.0 and params.stop == ["END"] and params.n_predict == 8 and params.seed == 3
+    assert SamplingParams.from_json({"max_tokens": 5}).n_predict == 5
+    with pytest.raises(ValueError, match="top_k must be a number"):
+        SamplingParams.from_json({"top_k": "many"})
+    with pytest.raises(ValueError, match="stop must be"):
+        SamplingParams.from_json({"stop": [1]})
+
+
+def test_runner_flags_are_llama_servers() -> None:
+    opts = parse_args(
+        ["-m", "m.gguf", "-c", "2048", "-np", "4", "-ngl", "99", "-t", "2", "-fa", "--kv-cache-type", "q8_0",
+         "--tensor-split", "3,1", "--no-mmap", "--embedding", "--port", "9000"]
+    )  # fmt: skip
+    assert (opts.ctx_size, opts.parallel, opts.n_gpu_layers, opts.threads) == (2048, 4, 99, 2)
+    assert opts.flash_attn == "on" and opts.kv_cache_type == "q8_0" and opts.tensor_split == [3.0, 1.0]
+    assert opts.no_mmap and opts.embedding and opts.port == 9000 and opts.host == "127.0.0.1"
