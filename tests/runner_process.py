@@ -23,11 +23,13 @@ def free_port() -> int:
 class RunnerProcess:
     """A runner child process; `url` once `/health` says ok."""
 
-    def __init__(self, model: Path, *args: str) -> None:
+    def __init__(self, model: Path, *args: str, executable: Path | None = None) -> None:
+        """`executable`: a llama-server binary to start instead of loam's runner."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        program = [str(executable)] if executable else [sys.executable, "-m", "app.runner"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.runner", "--model", str(model), "--port", str(self.port), *args],
+            [*program, "--model", str(model), "--port", str(self.port), *args],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -88,7 +88,7 @@ async def completion(state: RunnerState, http: HttpRequest) -> Response:
         return error(400, str(e))
     if not tokens or prompt == "":
         return error(400, "the prompt is empty")
-    chunks, request = _submit(engine, tokens, params)
+    chunks, request = _submit(engine, tokens, params, stream=bool(body.get("stream")))
     watcher = asyncio.create_task(_cancel_on_disconnect(http, engine, request, chunks))
     if not body.get("stream"):
         try:
@@ -103,11 +103,12 @@ async def completion(state: RunnerState, http: HttpRequest) -> Response:
 
 
 def _submit(
-    engine: Engine, tokens: list[int], params: SamplingParams, embedding: bool = False
+    engine: Engine, tokens: list[int], params: SamplingParams, embedding: bool = False, stream: bool = True
 ) -> tuple[asyncio.Queue[Chunk | None], Request]:
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    request = Request(tokens, params, lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c), embedding)
+    emit = lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c)  # noqa: E731
+    request = Request(tokens, params, emit, embedding=embedding, stream=stream)
     engine.submit(request)
     return chunks, request
 
@@ -134,11 +135,9 @@ async def _collect(chunks: asyncio.Queue[Chunk | None]) -> list[Chunk]:
 def _whole(chunks: list[Chunk]) -> Response:
     if not chunks:
         return error(499, "the client went away")
-    final = dict(chunks[-1])
+    final = chunks[-1]
     if "error" in final:
         return error(500, final["error"], "server_error")
-    final["content"] = "".join(c.get("content", "") for c in chunks)
-    final["tokens"] = [t for c in chunks for t in c.get("tokens", [])]
     return JSONResponse(final)
 
 

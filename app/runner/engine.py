@@ -104,7 +104,7 @@ class Engine:
         slot, n_cached = self._pick_slot(prompt, free, params.cache_prompt)
         n_cached = min(n_cached, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self._trim(slot, n_cached)
-        sampler = Sampler(params, self.model.n_vocab)
+        sampler = Sampler(params, self.model.n_vocab, self.model.eog_tokens if params.ignore_eos else None)
         for token in prompt[max(0, len(prompt) - params.repeat_last_n) :] if sampler.penalized else ():
             sampler.accept(token)
         slot.start(request, sampler, n_cached, truncated)
@@ -241,7 +241,11 @@ class Engine:
         if text.stopped_by is not None:
             self._finish(slot, "word", content)
             return
-        request.emit({"content": content, "tokens": [token], "stop": False, "id_slot": slot.id})
+        if request.stream:
+            request.emit({"content": content, "tokens": [token], "stop": False, "id_slot": slot.id})
+        else:
+            request.held_text.append(content)
+            request.held_tokens.append(token)
         n_predict = request.params.n_predict
         if 0 <= n_predict <= slot.n_decoded:
             self._finish(slot, "limit")
@@ -254,7 +258,8 @@ class Engine:
         if stop_type != "word":
             content += text.flush()
         final: Chunk = {
-            "content": content,
+            "content": "".join(request.held_text) + content,
+            "tokens": request.held_tokens,
             "stop": True,
             "stop_type": stop_type,
             "stopping_word": text.stopped_by or "",

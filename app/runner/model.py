@@ -7,6 +7,7 @@ tokenizer calls read the vocabulary alone and are safe from any thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import sys
@@ -96,6 +97,11 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    @functools.cached_property
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token (EOS, EOT, <|im_end|>...), for ignore_eos."""
+        return [t for t in range(self.n_vocab) if llama.llama_vocab_is_eog(self.vocab, t)]
 
     def close(self) -> None:
         llama.llama_free(self.ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -56,9 +57,12 @@ class SamplingParams:
 class Sampler:
     """A llama.cpp sampler chain for one request; freed with `close`."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    def __init__(self, params: SamplingParams, n_vocab: int, banned: list[int] | None = None) -> None:
         self.chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = lambda s: llama.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+        if banned:  # ignore_eos: end-of-generation tokens can never be picked, as in llama-server
+            biases = (llama.llama_logit_bias * len(banned))(*[llama.llama_logit_bias(t, -math.inf) for t in banned])
+            add(llama.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
         penalized = params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
         if penalized and params.repeat_last_n != 0:
             add(

@@ -29,6 +29,9 @@ class Request:
     params: SamplingParams
     emit: Callable[[Chunk], None]
     embedding: bool = False
+    stream: bool = True  # False: one chunk at the end, so the HTTP side is not woken per token
+    held_text: list[str] = field(default_factory=list)
+    held_tokens: list[int] = field(default_factory=list)
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
