@@ -38,6 +38,11 @@ def error(status: int, message: str, kind: str = "invalid_request_error") -> JSO
     return JSONResponse({"error": {"code": status, "message": message, "type": kind}}, status_code=status)
 
 
+def _loading() -> JSONResponse:
+    """llama-server's answer to anything but /health while the model loads."""
+    return error(503, "Loading model", "unavailable_error")
+
+
 async def health(state: RunnerState, http: HttpRequest) -> Response:
     if state.engine is None:
         return JSONResponse({"status": "loading model", "progress": round(state.progress, 3)}, status_code=503)
@@ -78,7 +83,7 @@ def _prompt_tokens(state: RunnerState, prompt: Any) -> list[int]:
 async def completion(state: RunnerState, http: HttpRequest) -> Response:
     engine = state.engine
     if engine is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     try:
         body = await _body(http)
         prompt = body.get("prompt", body.get("tokens"))
@@ -157,7 +162,7 @@ async def _stream(
 
 async def tokenize(state: RunnerState, http: HttpRequest) -> Response:
     if state.model is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     try:
         body = await _body(http)
         content = body.get("content")
@@ -175,7 +180,7 @@ async def tokenize(state: RunnerState, http: HttpRequest) -> Response:
 
 async def detokenize(state: RunnerState, http: HttpRequest) -> Response:
     if state.model is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     try:
         body = await _body(http)
         tokens = body.get("tokens")
@@ -189,7 +194,7 @@ async def detokenize(state: RunnerState, http: HttpRequest) -> Response:
 async def embedding(state: RunnerState, http: HttpRequest) -> Response:
     engine = state.engine
     if engine is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     if not state.options.embedding:
         return error(501, "this runner was started without --embedding", "not_supported_error")
     try:
@@ -208,14 +213,14 @@ async def embedding(state: RunnerState, http: HttpRequest) -> Response:
 
 async def slots(state: RunnerState, http: HttpRequest) -> Response:
     if state.engine is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     return JSONResponse([slot.describe() for slot in state.engine.slots])
 
 
 async def props(state: RunnerState, http: HttpRequest) -> Response:
     """What llama-server reports about itself: the slot context size, the slot count, the model."""
     if state.model is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     return JSONResponse(
         {
             "default_generation_settings": {"n_ctx": state.model.n_ctx_slot},
@@ -229,7 +234,7 @@ async def props(state: RunnerState, http: HttpRequest) -> Response:
 async def metrics(state: RunnerState, http: HttpRequest) -> Response:
     engine = state.engine
     if engine is None:
-        return error(503, "Loading model", "unavailable_error")
+        return _loading()
     m, sec = engine.metrics, engine.metrics_seconds
     lines = [
         ("counter", "llamacpp:prompt_tokens_total", m["prompt_tokens_total"], "prompt tokens processed"),

@@ -80,7 +80,10 @@ def quantize(
 
 def _failure(rc: int, qtype: str, tail: collections.deque[str]) -> str:
     if rc < 0:
-        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
         return f"quantizing to {qtype} crashed ({name}); the store is unchanged"
     reason = next((line for line in reversed(tail) if "error" in line.lower() or "failed" in line.lower()), None)
     reason = (reason or (tail[-1] if tail else f"exit status {rc}")).split("failed to quantize: ")[-1]
