@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import llama_cpp as llama
 import pytest
 
 from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.model import flash_attn_type
 from app.runner.options import parse_args
 from app.runner.sampling import SamplingParams
 from app.runner.text import TextStream
@@ -104,3 +106,17 @@ def test_runner_flags_are_llama_servers() -> None:
     assert (opts.ctx_size, opts.parallel, opts.n_gpu_layers, opts.threads) == (2048, 4, 99, 2)
     assert opts.flash_attn == "on" and opts.kv_cache_type == "q8_0" and opts.tensor_split == [3.0, 1.0]
     assert opts.no_mmap and opts.embedding and opts.port == 9000 and opts.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], llama.LLAMA_FLASH_ATTN_TYPE_DISABLED),  # CPU only: it slows decoding
+        (["-ngl", "99"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),
+        (["--kv-cache-type", "q8_0"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),  # a quantized V cache needs it
+        (["-fa", "on"], llama.LLAMA_FLASH_ATTN_TYPE_ENABLED),
+        (["-fa", "off", "-ngl", "99"], llama.LLAMA_FLASH_ATTN_TYPE_DISABLED),
+    ],
+)
+def test_flash_attention_auto_is_off_on_the_cpu(flags: list[str], expected: int) -> None:
+    assert flash_attn_type(parse_args(["-m", "m.gguf", *flags])) == expected

@@ -152,11 +152,7 @@ def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.ll
     params.n_ubatch = min(options.batch_size, 512)
     params.n_seq_max = options.parallel
     params.n_threads = params.n_threads_batch = options.threads or max(1, (os.cpu_count() or 2))
-    params.flash_attn_type = {
-        "on": llama.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-        "off": llama.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        "auto": llama.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    }[options.flash_attn]
+    params.flash_attn_type = flash_attn_type(options)
     params.type_k = params.type_v = _KV_TYPES[options.kv_cache_type]
     params.no_perf = False
     if options.embedding:
@@ -166,6 +162,22 @@ def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.ll
         llama.llama_model_free(model)
         raise _classify(f"cannot create a context of {options.ctx_size} tokens")
     return ctx
+
+
+def flash_attn_type(options: RunnerOptions) -> int:
+    """llama.cpp's flash-attention setting; "auto" means off when nothing is offloaded.
+
+    On the CPU, flash attention slows single-stream decoding by 10-20%
+    (docs/benchmarks.md), so llama.cpp's own "auto" (which turns it on) is kept
+    for GPU offload and for a quantized KV cache, which needs it.
+    """
+    if options.flash_attn == "on":
+        return llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    if options.flash_attn == "off":
+        return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    if options.n_gpu_layers == 0 and options.kv_cache_type in ("f16", "f32", "bf16"):
+        return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED  # a quantized V cache needs flash attention
+    return llama.LLAMA_FLASH_ATTN_TYPE_AUTO
 
 
 def _apply_lora(model: llama.llama_model_p, ctx: llama.llama_context_p, path: Path) -> llama.llama_adapter_lora_p:
