@@ -178,6 +178,8 @@ def test_slots_metrics_and_embedding(tiny_runner: RunnerProcess) -> None:
     assert len(slots) == 1 and slots[0]["is_processing"] is False
     vector = httpx.post(tiny_runner.url + "/embedding", json={"content": "the cat"}).json()["embedding"]
     assert len(vector) == 64 and abs(sum(x * x for x in vector) - 1.0) < 1e-3
+    memory = httpx.get(tiny_runner.url + "/props").json()["memory"]
+    assert memory["model"] > 0 and memory["compute"] > 0 and memory["kv_cache"] > 0
 
 
 def test_context_overflow_truncates_and_shifts(tiny_runner: RunnerProcess) -> None:

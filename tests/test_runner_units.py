@@ -111,12 +111,13 @@ def test_runner_flags_are_llama_servers() -> None:
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], llama.LLAMA_FLASH_ATTN_TYPE_DISABLED),  # CPU only: it slows decoding
+        ([], llama.LLAMA_FLASH_ATTN_TYPE_DISABLED),  # one slot on the CPU: it slows decoding
+        (["-np", "4"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),  # several: same output whatever the batch
         (["-ngl", "99"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),
         (["--kv-cache-type", "q8_0"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),  # a quantized V cache needs it
         (["-fa", "on"], llama.LLAMA_FLASH_ATTN_TYPE_ENABLED),
         (["-fa", "off", "-ngl", "99"], llama.LLAMA_FLASH_ATTN_TYPE_DISABLED),
     ],
 )
-def test_flash_attention_auto_is_off_on_the_cpu(flags: list[str], expected: int) -> None:
+def test_flash_attention_auto_is_off_for_one_cpu_slot(flags: list[str], expected: int) -> None:
     assert flash_attn_type(parse_args(["-m", "m.gguf", *flags])) == expected

@@ -46,6 +46,8 @@ def _loading() -> JSONResponse:
 async def health(state: RunnerState, http: HttpRequest) -> Response:
     if state.engine is None:
         return JSONResponse({"status": "loading model", "progress": round(state.progress, 3)}, status_code=503)
+    if state.engine.failure:
+        return JSONResponse({"status": "error", "error": state.engine.failure}, status_code=500)
     return JSONResponse({"status": "ok"})
 
 
@@ -227,6 +229,7 @@ async def props(state: RunnerState, http: HttpRequest) -> Response:
             "total_slots": state.options.parallel,
             "model_path": str(state.options.model),
             "n_ctx": state.model.n_ctx,
+            "memory": state.model.allocated,
         }
     )
 

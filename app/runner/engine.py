@@ -13,6 +13,7 @@ import ctypes
 import math
 import threading
 import time
+import traceback
 from collections import deque
 
 import llama_cpp as llama
@@ -35,6 +36,7 @@ class Engine:
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self.failure = ""  # set when the decode loop died; every request then gets this error
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
         self.metrics = {"prompt_tokens_total": 0, "tokens_predicted_total": 0, "n_decode_total": 0}
         self.metrics_seconds = {"prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0}
@@ -52,6 +54,9 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         with self._cond:
+            if self.failure:
+                request.emit({"error": self.failure, "stop": True})
+                return
             self._queue.append(request)
             self._cond.notify_all()
 
@@ -68,6 +73,19 @@ class Engine:
     # -- the decode thread --------------------------------------------
 
     def _run(self) -> None:
+        """The loop, guarded: a bug in it fails every request instead of leaving them hanging."""
+        try:
+            self._loop()
+        except Exception as e:  # noqa: BLE001 - reported to every client and to /health
+            traceback.print_exc()
+            with self._cond:
+                self.failure = f"the decode loop failed: {type(e).__name__}: {e}"
+                waiting = [r for r in self._queue] + [s.request for s in self.slots if s.request]
+                self._queue.clear()
+            for request in waiting:
+                request.emit({"error": self.failure, "stop": True})
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not self._queue and not any(s.busy for s in self.slots):

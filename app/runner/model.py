@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp as llama
@@ -30,12 +30,20 @@ class LoadError(Exception):
         self.kind = kind
 
 
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+
+
 @dataclass
 class _LogTail:
-    """The last lines llama.cpp logged: load failures are explained only there."""
+    """The last lines llama.cpp logged: load failures are explained only there.
+
+    It also adds up the buffers llama.cpp reports allocating (weights, KV cache,
+    compute), by kind, which is the only place their exact sizes are told.
+    """
 
     lines: list[str]
     verbose: bool
+    buffers: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", "replace")
@@ -43,6 +51,9 @@ class _LogTail:
             sys.stderr.write(line)
         self.lines.append(line)
         del self.lines[:-40]
+        if m := _BUFFER.search(line):
+            kind = {"KV": "kv_cache"}.get(m.group(2), m.group(2))
+            self.buffers[kind] = self.buffers.get(kind, 0) + round(float(m.group(3)) * (1 << 20))
 
 
 _log = _LogTail([], False)
@@ -54,6 +65,7 @@ class Model:
 
     def __init__(self, options: RunnerOptions, on_progress: Callable[[float], None] = lambda p: None) -> None:
         _log.verbose = options.verbose
+        _log.buffers.clear()
         llama.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama.llama_backend_init()
         self.options = options
@@ -69,6 +81,8 @@ class Model:
         self.can_shift = bool(llama.llama_memory_can_shift(self.memory))
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
         self._adapters = [_apply_lora(self.model, self.ctx, path) for path in options.lora]
+        #: Bytes llama.cpp allocated, by kind: model (weights), kv_cache, compute, output (MiB precision).
+        self.allocated = dict(_log.buffers)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -165,18 +179,20 @@ def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.ll
 
 
 def flash_attn_type(options: RunnerOptions) -> int:
-    """llama.cpp's flash-attention setting; "auto" means off when nothing is offloaded.
+    """llama.cpp's flash-attention setting; "auto" means off for one slot on the CPU.
 
-    On the CPU, flash attention slows single-stream decoding by 10-20%
-    (docs/benchmarks.md), so llama.cpp's own "auto" (which turns it on) is kept
-    for GPU offload and for a quantized KV cache, which needs it.
+    There, flash attention slows single-stream decoding by 10-20%
+    (docs/benchmarks.md). With several slots it stays on: it is faster there, and
+    it keeps each sequence's greedy output the same whatever else shares the batch.
+    A quantized V cache needs it, and on a GPU llama.cpp's own "auto" decides.
     """
     if options.flash_attn == "on":
         return llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
     if options.flash_attn == "off":
         return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    if options.n_gpu_layers == 0 and options.kv_cache_type in ("f16", "f32", "bf16"):
-        return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED  # a quantized V cache needs flash attention
+    cpu_single = options.n_gpu_layers == 0 and options.parallel == 1
+    if cpu_single and options.kv_cache_type in ("f16", "f32", "bf16"):
+        return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
     return llama.LLAMA_FLASH_ATTN_TYPE_AUTO
 
 
