@@ -1,0 +1,125 @@
+"""The GGUF's own chat template (`tokenizer.chat_template`), rendered as Hugging Face does.
+
+A chat template is Jinja code that arrives inside a downloaded model file, so it
+runs in jinja2's immutable sandbox: attributes starting with `_` are out of
+reach (no `''.__class__.__mro__` walk to Python internals), lists and dicts
+cannot be changed, `range` is capped, and this module also caps `*` repetition
+and `**`. The environment matches transformers' `apply_chat_template`:
+trim_blocks, lstrip_blocks, loop controls, `raise_exception`, `strftime_now` and
+a `tojson` that keeps non-ASCII text.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from app.server.gotemplate import TemplateError
+
+#: Longest string or list a template may build with `*`, and largest exponent for `**`.
+_MAX_REPEAT = 1 << 20
+_MAX_EXPONENT = 256
+
+
+class _GenerationTag(Extension):
+    """`{% generation %}...{% endgeneration %}` marks assistant text for transformers' masks; here it only renders."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> list[jinja2.nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with `*` and `**` bounded so a template cannot exhaust memory or time."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _MAX_REPEAT:
+                    raise SecurityError("repetition result is too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _raise_exception(message: str) -> None:
+    """What a template calls to refuse a conversation ("roles must alternate user/assistant...")."""
+    raise TemplateError(f"chat template: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    """transformers' tojson: plain json.dumps, non-ASCII kept, no HTML escaping."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _finalize(value: Any) -> Any:
+    """Print callables and classes as nothing rather than as a repr with a memory address."""
+    return "" if callable(value) and not isinstance(value, jinja2.Undefined) else value
+
+
+_ENV = _Sandbox(
+    trim_blocks=True,
+    lstrip_blocks=True,
+    extensions=[_GenerationTag, "jinja2.ext.loopcontrols"],
+    finalize=_finalize,
+)
+_ENV.filters["tojson"] = _tojson
+_ENV.globals["raise_exception"] = _raise_exception
+_ENV.globals["strftime_now"] = _strftime_now
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(source: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"chat template, line {e.lineno}: {_one_line(e)}") from None
+
+
+def render_jinja(
+    source: str,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    tools: list | None = None,
+    **extra: Any,
+) -> str:
+    """Render a Jinja chat template; every failure, a refused sandbox escape included, is a TemplateError."""
+    template = _compile(source)
+    try:
+        return template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            tools=tools,
+            **extra,
+        )
+    except TemplateError:
+        raise
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"chat template: {_one_line(e)}") from None
+    except Exception as e:  # a template is code from a model file: any failure in it is the template's
+        raise TemplateError(f"chat template failed: {type(e).__name__}: {_one_line(e)}") from None
