@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app import __version__, config
-from app.display import ProgressDisplay, human_ago, human_bytes, table
+from app.client import Client
+from app.display import ProgressDisplay, human_ago, human_bytes, human_until, processor, table
 from app.errors import LoamError
 from app.store.blobs import digest_hex
 from app.store.catalog import Catalog
@@ -70,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-requantize", action="store_true", help="allow quantizing an already quantized model")
     p.add_argument("--insecure", action="store_true", help="speak plain HTTP to the registry if FROM must be pulled")
 
+    p = command("serve", cmd_serve, "Run the server: the Ollama and OpenAI APIs on LOAM_HOST")
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow LOAM_HOST to be an address other machines can reach"
+    )
+
+    p = command("ps", cmd_ps, "List the models the server has loaded")
+
+    p = command("stop", cmd_stop, "Unload a model from the server now")
+    p.add_argument("name")
+
     p = command("list", cmd_list, "List the models in the store", aliases=["ls"])
 
     p = command("show", cmd_show, "Show a model's details")
@@ -126,6 +137,28 @@ def cmd_create(args: argparse.Namespace) -> int:
         )
     finally:
         display.close()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.server.app import serve  # the server's imports are heavy; other commands do without them
+
+    return serve(allow_remote=args.allow_remote)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    for m in Client().ps():
+        rows.append(
+            [m["name"], m["digest"][:12], human_bytes(m["size"]), processor(m["size"], m.get("size_vram", 0)),
+             str(m.get("context_length", "")), human_until(m["expires_at"])]
+        )  # fmt: skip
+    print(table(rows))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    Client().stop(args.name)
     return 0
 
 

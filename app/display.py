@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TextIO
 
 from app.store.progress import ProgressEvent
@@ -58,6 +59,34 @@ def human_ago(then: float, now: float | None = None) -> str:
                 return f"About {article} {unit} ago" if unit != "second" else "1 second ago"
             return f"{count} {unit}s ago"
     return "a long time ago"  # pragma: no cover
+
+
+def human_until(expires_at: str, now: float | None = None) -> str:
+    """`ollama ps`'s UNTIL column from an RFC 3339 time: '4 minutes from now', 'Forever'."""
+    try:
+        then = datetime.fromisoformat(expires_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return expires_at
+    delta = then - (time.time() if now is None else now)
+    if delta > 86400 * 365 * 100:
+        return "Forever"
+    if delta <= 0:
+        return "Stopping..."
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if delta >= size:
+            count = int(delta // size)
+            return f"{count} {unit}{'s' if count != 1 else ''} from now"
+    return "Less than a second from now"
+
+
+def processor(size: int, size_vram: int) -> str:
+    """`ollama ps`'s PROCESSOR column: where a loaded model's bytes are."""
+    if size_vram <= 0 or size <= 0:
+        return "100% CPU"
+    if size_vram >= size:
+        return "100% GPU"
+    cpu = round((size - size_vram) / size * 100)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
 
 
 def table(rows: list[list[str]], gap: int = 4) -> str:

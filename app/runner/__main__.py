@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -41,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.should_exit = True
 
     threading.Thread(target=load, name="load", daemon=True).start()
+    if parent := os.environ.get("LOAM_RUNNER_PARENT"):
+        threading.Thread(target=_exit_with_parent, args=(int(parent),), name="parent", daemon=True).start()
     server.run()
     if failure:
         print(json.dumps({"error": str(failure[0]), "kind": failure[0].kind}), file=sys.stderr, flush=True)
@@ -51,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state.engine:
         state.engine.stop()
     return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A runner started by `loam serve` must not outlive it, however the server ended."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,288 @@
+"""One generation, route-independent: resolve the model, load it, render the prompt, stream the runner's reply.
+
+The Ollama and OpenAI routes both call `chat` and `generate` and only reshape
+what comes out: text pieces (content or thinking) and a final `Done` with the
+timing figures, which keep Ollama's meanings (see docs/api.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.errors import ModelNotFound
+from app.server.options import load_options, merged, sampling_fields
+from app.server.prompt import PromptSpec, render_chat, render_generate
+from app.server.runners import RunnerError
+from app.server.scheduler import Loaded, LoadRequest, Scheduler
+from app.server.thinking import ThinkingSplitter, prompt_opens_thinking
+from app.store.blobs import digest_hex
+from app.store.manifest import MEDIA_MODEL
+from app.store.names import ModelName
+from app.store.store import ModelDetails, Store
+
+
+@dataclass
+class Resolved:
+    """A model name looked up in the store: what loading and prompting it needs."""
+
+    name: str
+    details: ModelDetails
+    path: Path
+    adapters: tuple[Path, ...]
+
+    @property
+    def digest(self) -> str:
+        return self.details.stored.digest
+
+    def spec(self) -> PromptSpec:
+        info = self.details.info
+        return PromptSpec(
+            template=self.details.template,
+            chat_template=info.chat_template,
+            system=self.details.system,
+            messages=list(self.details.messages),
+        )
+
+
+def resolve(store: Store, text: str) -> Resolved:
+    """ModelNotFound (a 404) when the store has no such model."""
+    try:
+        name = ModelName.parse(text)
+    except Exception as e:  # noqa: BLE001 - any unparsable name is a missing model to the API
+        raise ModelNotFound(f'model "{text}" not found, try pulling it first') from e
+    try:
+        details = store.show(name)
+        path = store.model_path(name)
+    except ModelNotFound:
+        raise ModelNotFound(f'model "{text}" not found, try pulling it first') from None
+    adapters = tuple(store.blobs.path(layer.digest) for layer in details.adapters)
+    return Resolved(name.display, details, path, adapters)
+
+
+def model_id(details: ModelDetails) -> str:
+    """The 12-hex ID `list` and `ps` show: the manifest digest, as Ollama shows it."""
+    return digest_hex(details.stored.digest)[:12]
+
+
+def model_blob_digest(details: ModelDetails) -> str:
+    layer = details.stored.manifest.layer(MEDIA_MODEL)
+    return layer.digest if layer else details.stored.digest
+
+
+@dataclass
+class Done:
+    """The end of a reply, with Ollama's timing figures in seconds (ns on the wire)."""
+
+    reason: str  # stop | length | load | unload
+    total: float = 0.0
+    load: float = 0.0
+    prompt_eval_count: int = 0  # prompt tokens evaluated for this reply (cached ones are not)
+    prompt_eval: float = 0.0
+    prompt_tokens: int = 0  # the whole prompt, cached tokens included
+    eval_count: int = 0
+    eval: float = 0.0
+    context: list[int] = field(default_factory=list)
+
+    def figures(self) -> dict[str, int]:
+        ns = lambda s: int(round(s * 1e9))  # noqa: E731
+        return {
+            "total_duration": ns(self.total),
+            "load_duration": ns(self.load),
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": ns(self.prompt_eval),
+            "eval_count": self.eval_count,
+            "eval_duration": ns(self.eval),
+        }
+
+
+@dataclass
+class Piece:
+    content: str = ""
+    thinking: str = ""
+
+
+@dataclass
+class Call:
+    """What a route asks for, after parsing its body."""
+
+    model: Resolved
+    options: dict[str, Any]
+    keep_alive: float
+    think: bool | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Generator:
+    """Runs chat and generate calls against the scheduler."""
+
+    def __init__(self, scheduler: Scheduler, parallel: int) -> None:
+        self.scheduler = scheduler
+        self.parallel = parallel
+
+    def load_request(self, call: Call) -> LoadRequest:
+        options = merged(call.model.details.parameters, call.options)
+        opts = load_options(options, call.model.details.info.context_length, self.parallel)
+        return LoadRequest(call.model.name, call.model.digest, call.model.path, opts, call.model.adapters)
+
+    async def load_only(self, call: Call) -> Done:
+        """An empty prompt: load the model (or, with keep_alive 0, unload it)."""
+        if call.keep_alive <= 0:
+            await self.scheduler.unload(call.model.name)
+            return Done("unload", total=time.perf_counter() - call.started)
+        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        self.scheduler.release(loaded)
+        return Done("load", total=time.perf_counter() - call.started, load=self._load_time(loaded, call))
+
+    async def chat(
+        self, call: Call, messages: list[dict[str, Any]], tools: list[Any] | None = None
+    ) -> AsyncIterator[Piece | Done]:
+        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        try:
+            count = _token_counter(loaded)
+            rendered = await asyncio.to_thread(
+                render_chat, call.model.spec(), messages, count_tokens=count, num_ctx=loaded.context_length,
+                tools=tools, think=call.think,
+            )  # fmt: skip
+            async for item in self._complete(loaded, call, rendered.prompt, rendered.thinking_started):
+                yield item
+        finally:
+            self.scheduler.release(loaded)
+
+    async def generate(
+        self,
+        call: Call,
+        prompt: str,
+        *,
+        system: str | None = None,
+        template: str | None = None,
+        suffix: str = "",
+        raw: bool = False,
+        context: list[int] | None = None,
+    ) -> AsyncIterator[Piece | Done]:
+        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        try:
+            if raw:
+                text = prompt
+            else:
+                text = render_generate(
+                    call.model.spec(), prompt, system=system, template=template, suffix=suffix, think=call.think
+                )
+            if context:
+                text = await loaded.runner.detokenize(context) + text
+            prompt_tokens = await loaded.runner.tokenize(text)
+            started = prompt_opens_thinking(text)
+            async for item in self._complete(loaded, call, prompt_tokens, started):
+                if isinstance(item, Done):
+                    item.context = prompt_tokens + item.context
+                yield item
+        finally:
+            self.scheduler.release(loaded)
+
+    async def embed(self, call: Call, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int, Done]:
+        """One normalized vector per input, the tokens evaluated, and the timing of the call."""
+        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        try:
+            vectors, count = [], 0
+            for text in inputs:
+                if not truncate and len(await loaded.runner.tokenize(text)) > loaded.context_length:
+                    raise ValueError("the input length exceeds the context length; shorten it or set truncate")
+                try:
+                    result = await loaded.runner.embedding(text)
+                except RunnerError:
+                    self.scheduler.runner_failed(loaded)
+                    raise
+                vectors.append(result["embedding"])
+                count += int(result.get("tokens_evaluated", 0))
+            done = Done("stop", total=time.perf_counter() - call.started, load=self._load_time(loaded, call))
+            return vectors, count, done
+        finally:
+            self.scheduler.release(loaded)
+
+    async def _complete(
+        self, loaded: Loaded, call: Call, prompt: str | list[int], thinking_started: bool
+    ) -> AsyncIterator[Piece | Done]:
+        options = merged(call.model.details.parameters, call.options)
+        body = {"prompt": prompt, "cache_prompt": True, **sampling_fields(options)}
+        splitter = ThinkingSplitter(started=thinking_started) if call.think is not False else None
+        tokens: list[int] = []
+        try:
+            async for chunk in loaded.runner.complete(body):
+                tokens += chunk.get("tokens") or []
+                text = chunk.get("content", "")
+                if text:
+                    thinking, content = splitter.feed(text) if splitter else ("", text)
+                    if thinking or content:
+                        yield Piece(content, thinking)
+                if chunk.get("stop"):
+                    if splitter:
+                        thinking, content = splitter.flush()
+                        if thinking or content:
+                            yield Piece(content, thinking)
+                    yield self._done(loaded, call, chunk, tokens)
+                    return
+        except RunnerError:
+            self.scheduler.runner_failed(loaded)
+            raise
+
+    def _done(self, loaded: Loaded, call: Call, final: dict[str, Any], tokens: list[int]) -> Done:
+        t = final.get("timings", {})
+        return Done(
+            reason="length" if final.get("stop_type") == "limit" else "stop",
+            total=time.perf_counter() - call.started,
+            load=self._load_time(loaded, call),
+            prompt_eval_count=int(t.get("prompt_n", 0)),
+            prompt_tokens=int(final.get("tokens_evaluated", 0)),
+            prompt_eval=float(t.get("prompt_ms", 0.0)) / 1000,
+            eval_count=int(t.get("predicted_n", 0)),
+            eval=float(t.get("predicted_ms", 0.0)) / 1000,
+            context=tokens,
+        )
+
+    @staticmethod
+    def _load_time(loaded: Loaded, call: Call) -> float:
+        """This request's wait for the model: the load if it started it, else ~0."""
+        waited = loaded.loaded_at - call.started
+        return max(0.0, min(loaded.load_seconds, waited))
+
+
+def _token_counter(loaded: Loaded) -> Any:
+    """A synchronous token count through the runner, for prompt fitting (run in a worker thread).
+
+    A token is at least one byte, so text no longer in bytes than the context
+    needs no count at all.
+    """
+    limit = loaded.context_length
+
+    def count(text: str) -> int:
+        size = len(text.encode())
+        if size <= limit:
+            return size
+        r = httpx.post(loaded.runner.url + "/tokenize", json={"content": text, "add_special": True}, timeout=60)
+        r.raise_for_status()
+        return len(r.json()["tokens"])
+
+    return count
+
+
+async def gather(items: AsyncIterator[Piece | Done]) -> tuple[str, str, Done]:
+    """A whole reply: its content, its thinking and its Done, for non-streamed answers."""
+    text, thinking = [], []
+    async for item in items:
+        if isinstance(item, Done):
+            return "".join(text), "".join(thinking), item
+        text.append(item.content)
+        thinking.append(item.thinking)
+    raise RuntimeError("the reply ended without its final chunk")
+
+
+def renormalized(vector: list[float]) -> list[float]:
+    """A shortened embedding (the `dimensions` option) scaled back to unit length."""
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]

@@ -1,0 +1,210 @@
+"""Runner processes: start one for a model, wait for it to load, talk to it, stop it.
+
+A runner is `python -m app.runner` or a llama-server binary named in
+config.toml; both speak the same protocol on a loopback port. Its stderr goes
+to a log file in the state dir; a runner that cannot load ends that log with
+one JSON line, `{"error", "kind"}`, which becomes the error the client sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.errors import LoamError
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Set for a runner the server starts: the server's pid, which the runner watches.
+PARENT_ENV = "LOAM_RUNNER_PARENT"
+
+
+class RunnerError(LoamError):
+    """A runner that failed to load or died; `kind` is the runner's (oom, bad_model, ...) or "crashed"."""
+
+    def __init__(self, message: str, kind: str = "crashed") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class RunnerCommand:
+    """What to execute: loam's runner (None) or a llama-server binary."""
+
+    llama_server: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"llama-server ({self.llama_server})" if self.llama_server else "loam runner"
+
+    def argv(self, model: Path, port: int, args: list[str]) -> list[str]:
+        program = [str(self.llama_server)] if self.llama_server else [sys.executable, "-m", "app.runner"]
+        return [*program, "--model", str(model), "--port", str(port), *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Runner:
+    """One runner child process and an HTTP client for it."""
+
+    def __init__(self, command: RunnerCommand, model: Path, args: list[str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"runner-{self.port}.log"
+        self.argv = command.argv(model, self.port, args)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            PARENT_ENV: str(os.getpid()),  # the runner exits if this process is gone, even after a SIGKILL
+            "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),  # nvidia-smi's numbering
+        }
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # Ctrl+C in the server's terminal is the server's to handle
+            )  # fmt: skip
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(None, connect=10.0))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    async def wait_ready(self, on_progress: Callable[[float], None] = lambda p: None) -> None:
+        """Poll /health until the model is loaded; RunnerError if the process exits first."""
+        while True:
+            if not self.alive:
+                raise self.failure()
+            try:
+                r = await self.client.get("/health", timeout=2.0)
+                if r.status_code == 200:
+                    return
+                progress = (
+                    r.json().get("progress")
+                    if r.headers.get("content-type", "").startswith("application/json")
+                    else None
+                )
+                if isinstance(progress, (int, float)):
+                    on_progress(float(progress))
+            except (httpx.TransportError, ValueError):
+                pass
+            await asyncio.sleep(0.05)
+
+    def failure(self) -> RunnerError:
+        """The runner's own one-line report of why it stopped, else its exit status."""
+        code = self.proc.poll()
+        for line in reversed(self._log_tail()):
+            if line.startswith("{"):
+                try:
+                    report = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(report, dict) and "error" in report:
+                    return RunnerError(str(report["error"]), str(report.get("kind", "error")))
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            return RunnerError(f"the runner was killed by {name}; see {self.log_path}")
+        return RunnerError(f"the runner exited with status {code}; see {self.log_path}")
+
+    def _log_tail(self) -> list[str]:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+                return f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+
+    async def props(self) -> dict[str, Any]:
+        r = await self.client.get("/props")
+        r.raise_for_status()
+        return r.json()
+
+    async def tokenize(self, text: str) -> list[int]:
+        r = await self.client.post("/tokenize", json={"content": text, "add_special": True})
+        r.raise_for_status()
+        return r.json()["tokens"]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        r = await self.client.post("/detokenize", json={"tokens": tokens})
+        r.raise_for_status()
+        return r.json()["content"]
+
+    async def embedding(self, text: str) -> dict[str, Any]:
+        r = await self._post("/embedding", {"content": text})
+        return r
+
+    async def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream /completion chunks; RunnerError if the runner dies or answers with an error."""
+        try:
+            async with self.client.stream("POST", "/completion", json={**body, "stream": True}) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    raise RunnerError(_error_text(r), "request")
+                async for line in r.aiter_lines():
+                    if not line:
+                        continue
+                    chunk = json.loads(line)
+                    if "error" in chunk:
+                        raise RunnerError(_error_text(chunk), "request")
+                    yield chunk
+                    if chunk.get("stop"):
+                        return
+        except httpx.TransportError as e:
+            await asyncio.sleep(0.05)  # let the exit status land
+            raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
+        raise self.failure() if not self.alive else RunnerError("the runner ended the stream early")
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = await self.client.post(path, json=body)
+        except httpx.TransportError as e:
+            raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
+        if r.status_code != 200:
+            raise RunnerError(_error_text(r), "request")
+        return r.json()
+
+    async def stop(self) -> None:
+        """Terminate the process (kill it after 5 s) and close the client."""
+        await self.client.aclose()
+        if self.alive:
+            self.proc.terminate()
+            deadline = time.monotonic() + 5
+            while self.alive and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.alive:
+                self.proc.kill()
+        self.proc.wait()
+
+    def kill_now(self) -> None:
+        """Synchronous stop for interpreter exit."""
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _error_text(source: httpx.Response | dict[str, Any]) -> str:
+    data: Any = source
+    if isinstance(source, httpx.Response):
+        try:
+            data = source.json()
+        except ValueError:
+            return source.text.strip() or f"runner answered {source.status_code}"
+    error = data.get("error") if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error)
