@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import httpx
 from app.errors import LoamError
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+_OOM = re.compile(r"out of memory|failed to allocate|unable to allocate|cannot allocate", re.I)
 #: Set for a runner the server starts: the server's pid, which the runner watches.
 PARENT_ENV = "LOAM_RUNNER_PARENT"
 
@@ -116,6 +118,8 @@ class Runner:
                     continue
                 if isinstance(report, dict) and "error" in report:
                     return RunnerError(str(report["error"]), str(report.get("kind", "error")))
+        if any(_OOM.search(line) for line in self._log_tail()[-40:]):  # llama-server says it only in its log
+            return RunnerError(f"not enough memory to load the model; see {self.log_path}", "oom")
         if code is not None and code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
             return RunnerError(f"the runner was killed by {name}; see {self.log_path}")

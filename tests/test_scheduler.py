@@ -1,0 +1,59 @@
+"""The scheduler's load path with faults the real hardware here cannot produce: a GPU that runs out of memory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.hardware import GPU, Inventory
+from app.server.options import LoadOptions
+from app.server.scheduler import LoadRequest, Scheduler, Settings
+
+#: Stands in for a CUDA llama-server: out of memory with any GPU layer, else loam's runner on the CPU.
+FAKE_LLAMA_SERVER = """#!{python}
+import os, sys
+args = sys.argv[1:]
+layers = int(args[args.index("--n-gpu-layers") + 1]) if "--n-gpu-layers" in args else 0
+with open({attempts!r}, "a") as f:
+    f.write(f"{{layers}}\\n")
+if layers > 0:
+    print("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 900.00 MiB on device 0: cudaMalloc failed: "
+          "out of memory", file=sys.stderr)
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "app.runner", *args])
+"""
+
+
+def test_an_out_of_memory_load_retries_with_fewer_layers_then_the_cpu(
+    tiny_gguf: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts = tmp_path / "attempts"
+    fake = tmp_path / "llama-server"
+    fake.write_text(FAKE_LLAMA_SERVER.format(python=sys.executable, attempts=str(attempts)))
+    fake.chmod(0o755)
+    gpu = GPU(index=0, name="Fake GPU", backend="cuda", total=8 << 30, free=8 << 30)
+    inventory = Inventory(backends=("cuda",), gpus=(gpu,), ram_total=16 << 30, ram_free=16 << 30)
+    settings = Settings(llama_server=fake, log_dir=tmp_path / "logs")
+
+    async def load() -> tuple[int, str]:
+        # loam's llama.cpp has no CUDA here, so the configured llama-server is the runner.
+        scheduler = Scheduler(settings, lambda: inventory, has_gpu_backend=False)
+        request = LoadRequest("tiny", "sha256:" + "0" * 64, tiny_gguf, LoadOptions(num_ctx=256))
+        loaded = await scheduler.acquire(request, 60)
+        try:
+            return loaded.plan.n_gpu_layers, loaded.runner.argv[0]
+        finally:
+            scheduler.release(loaded)
+            await scheduler.shutdown()
+
+    with caplog.at_level(logging.WARNING, logger="loam.server"):
+        layers, program = asyncio.run(load())
+    tried = [int(n) for n in attempts.read_text().split()]
+    assert program == str(fake)
+    assert layers == 0 and tried[-1] == 0 and tried[0] > 0
+    assert tried == sorted(tried, reverse=True) and len(set(tried)) == len(tried)  # fewer each time
+    assert sum("retrying with" in r.message for r in caplog.records) == len(tried) - 1
