@@ -22,8 +22,6 @@ from app.server.prompt import PromptSpec, render_chat, render_generate
 from app.server.runners import RunnerError
 from app.server.scheduler import Loaded, LoadRequest, Scheduler
 from app.server.thinking import ThinkingSplitter, prompt_opens_thinking
-from app.store.blobs import digest_hex
-from app.store.manifest import MEDIA_MODEL
 from app.store.names import ModelName
 from app.store.store import ModelDetails, Store
 
@@ -64,16 +62,6 @@ def resolve(store: Store, text: str) -> Resolved:
         raise ModelNotFound(f'model "{text}" not found, try pulling it first') from None
     adapters = tuple(store.blobs.path(layer.digest) for layer in details.adapters)
     return Resolved(name.display, details, path, adapters)
-
-
-def model_id(details: ModelDetails) -> str:
-    """The 12-hex ID `list` and `ps` show: the manifest digest, as Ollama shows it."""
-    return digest_hex(details.stored.digest)[:12]
-
-
-def model_blob_digest(details: ModelDetails) -> str:
-    layer = details.stored.manifest.layer(MEDIA_MODEL)
-    return layer.digest if layer else details.stored.digest
 
 
 @dataclass
