@@ -169,7 +169,10 @@ class Runner:
                     if chunk.get("stop"):
                         return
         except httpx.TransportError as e:
-            await asyncio.sleep(0.05)  # let the exit status land
+            for _ in range(40):  # a dropped connection usually means the process is dying: let its status land
+                if not self.alive:
+                    break
+                await asyncio.sleep(0.05)
             raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
         raise self.failure() if not self.alive else RunnerError("the runner ended the stream early")
 
