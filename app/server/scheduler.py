@@ -181,15 +181,16 @@ class Scheduler:
             self.settings.kv_cache_type,
             opts.num_batch,
         )
-        current = await self._make_room(est, opts.num_gpu)
+        current, inventory = await self._make_room(est, opts.num_gpu)
         while True:
-            runner = self._start(req, current)
+            runner = self._start(req, current, inventory)
             try:
                 await runner.wait_ready()
                 break
             except RunnerError as e:
                 await runner.stop()
-                retry = fallback(current, est, self._inventory()) if e.kind == "oom" else None
+                inventory = await asyncio.to_thread(self._inventory)
+                retry = fallback(current, est, inventory) if e.kind == "oom" else None
                 if retry is None:
                     raise
                 log.warning(
@@ -206,20 +207,20 @@ class Scheduler:
         log.info("loaded %s in %.2fs: %s, context %d", req.name, loaded.load_seconds, current.processor(), n_ctx)
         return loaded
 
-    async def _make_room(self, est: MemoryEstimate, num_gpu: int) -> Plan:
+    async def _make_room(self, est: MemoryEstimate, num_gpu: int) -> tuple[Plan, Inventory]:
         """Evict idle runners, least recently used first, until the model fits or none is left."""
         while True:
             inventory = await asyncio.to_thread(self._inventory)
             chosen = plan(est, inventory, None if num_gpu < 0 else num_gpu)
             full = len(self.loaded) >= self.settings.max_loaded
             if not full and self._fits(est, chosen, inventory, num_gpu):
-                return chosen
+                return chosen, inventory
             idle = [m for m in self.loaded.values() if m.refs == 0]
             if not idle:
                 if full:
                     await self._cond.wait()  # a request ends, then look again
                     continue
-                return chosen  # nothing to evict: load as planned, and the fallback copes
+                return chosen, inventory  # nothing to evict: load as planned, and the fallback copes
             victim = min(idle, key=lambda m: m.last_used)
             log.info("evicting %s to make room", victim.name)
             await self._stop(victim)
@@ -232,9 +233,9 @@ class Scheduler:
             return chosen.n_gpu_layers > est.n_layers
         return True
 
-    def _start(self, req: LoadRequest, chosen: Plan) -> Runner:
+    def _start(self, req: LoadRequest, chosen: Plan, inventory: Inventory) -> Runner:
         opts = req.options
-        command = self._command()
+        command = self._command(inventory)
         args = [
             "--ctx-size", str(opts.num_ctx * opts.parallel), "--parallel", str(opts.parallel),
             "--batch-size", str(opts.num_batch), *chosen.runner_args(),
@@ -253,10 +254,10 @@ class Scheduler:
             args.append("--embedding")  # loam's runner serves completions and embeddings from one context
         return Runner(command, req.model, args, self.settings.log_dir)
 
-    def _command(self) -> RunnerCommand:
+    def _command(self, inventory: Inventory) -> RunnerCommand:
         """llama-server when one is configured and the GPUs need a backend loam's llama.cpp lacks."""
         server = self.settings.llama_server
-        if server and not self._has_gpu_backend and self._inventory().gpus:
+        if server and not self._has_gpu_backend and inventory.gpus:
             return RunnerCommand(server)
         return RunnerCommand(None)
 
