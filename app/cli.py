@@ -5,24 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app import __version__, config
-from app.client import Client
-from app.display import ProgressDisplay, human_ago, human_bytes, human_until, processor, table
+from app import __version__
 from app.errors import LoamError
-from app.store.blobs import digest_hex
-from app.store.catalog import Catalog
-from app.store.create import create, modelfile_text
-from app.store.create import load as load_modelfile
-from app.store.names import ModelName
-from app.store.pull import pull
-from app.store.store import ModelDetails, Store
+
+# Commands import what they use when they run, so `loam --help` and `loam ask --help`
+# start in a fraction of the time the store, httpx and Textual take to import.
+if TYPE_CHECKING:
+    from app.store.catalog import Catalog
+    from app.store.store import ModelDetails, Store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "prompt", None), list) and not any(e.startswith("-") for e in extra):
+        args.prompt += extra  # words of a prompt after an option: loam ask -m MODEL why is the sky blue
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
@@ -49,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, **kw)  # type: ignore[arg-type]
         p.set_defaults(handler=handler)
         return p
+
+    p = command("chat", cmd_chat, "Open the chat TUI")
+    p.add_argument("-m", "--model", help="the model to chat with (default: config's default_model)")
+    p.add_argument("--verbose", action="store_true", help="show the stats panel from the start")
+    p.add_argument("--new", action="store_true", help="start a new chat instead of reopening the last one")
+
+    p = command("ask", cmd_ask, "Ask once and print the answer on stdout (reads piped stdin too)")
+    p.add_argument("prompt", nargs="*", help="the question; piped stdin comes before it")
+    p.add_argument("-m", "--model", help="the model to ask (default: config's default_model)")
+    _answer_flags(p)
+
+    p = command("run", cmd_run, "Answer once like ask when given a prompt or piped input, else open the chat")
+    p.add_argument("model", help="the model to run")
+    p.add_argument("prompt", nargs="*", help="a question to answer once")
+    _answer_flags(p)
 
     p = command("pull", cmd_pull, "Download a model into the store")
     p.add_argument("name", help="model name, e.g. smollm2:135m or llama3.2:1b")
@@ -98,15 +114,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _answer_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", "-s", metavar="TEXT", help="a system prompt for this question")
+    p.add_argument("--verbose", action="store_true", help="print the timing figures on stderr after the answer")
+    p.add_argument("--format", metavar="json", help="constrain the answer to JSON: json, or a JSON schema")
+    p.add_argument("--keepalive", metavar="DURATION", help="how long the model stays loaded after, e.g. 10m, 0, -1")
+    p.add_argument("--no-stream", action="store_true", help="print the answer whole when it is done")
+    p.add_argument(
+        "-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="a model option, e.g. temperature=0"
+    )
+
+
 def _store() -> Store:
+    from app.store.store import Store
+
     return Store.default()
 
 
 def _catalog() -> Catalog:
+    from app import config
+    from app.store.catalog import Catalog
+
     return Catalog.load(config.paths().user_catalog)
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    from app.ask import default_model
+
+    return _ask(args, args.model or default_model())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.prompt or not sys.stdin.isatty():
+        return _ask(args, args.model)
+    return _chat(args.model, args.verbose, new=False)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    return _chat(args.model, args.verbose, new=args.new)
+
+
+def _ask(args: argparse.Namespace, model: str) -> int:
+    from app.ask import Question, answer, combined_prompt, parse_options
+
+    question = Question(
+        prompt=combined_prompt(" ".join(args.prompt), sys.stdin),
+        model=model,
+        system=args.system,
+        format=_format(args.format),
+        keep_alive=args.keepalive,
+        stream=not args.no_stream,
+        verbose=args.verbose,
+        options=parse_options(args.option),
+    )
+    return answer(question)
+
+
+def _format(value: str | None) -> str | dict[str, object] | None:
+    """--format: json, or a JSON schema given inline."""
+    if value is None or value == "json":
+        return value
+    import json
+
+    try:
+        schema = json.loads(value)
+    except ValueError:
+        schema = None
+    if not isinstance(schema, dict):
+        raise LoamError(f"--format {value!r} is neither json nor a JSON schema object; use --format json")
+    return schema
+
+
+def _chat(model: str | None, verbose: bool, new: bool) -> int:
+    from app.tui.app import run_chat  # Textual's import is heavy; the other commands do without it
+
+    return run_chat(model=model, verbose=verbose, new=new)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
+    from app.display import ProgressDisplay
+    from app.store.pull import pull
+
     display = ProgressDisplay()
     try:
         pull(_store(), _catalog(), args.name, display, insecure=args.insecure, source=args.source)
@@ -120,6 +208,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from app.display import ProgressDisplay
+    from app.store.create import create
+    from app.store.create import load as load_modelfile
+    from app.store.names import ModelName
+
     path = Path(args.file)
     modelfile = load_modelfile(path)
     display = ProgressDisplay()
@@ -147,6 +242,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from app.client import Client
+    from app.display import human_bytes, human_until, processor, table
+
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in Client().ps():
         rows.append(
@@ -158,11 +256,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from app.client import Client
+
     Client().stop(args.name)
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from app.display import human_ago, human_bytes, table
+    from app.store.blobs import digest_hex
+
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in _store().list():
         rows.append([m.name.display, digest_hex(m.digest)[:12], human_bytes(m.manifest.size), human_ago(m.modified)])
@@ -171,6 +274,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from app.store.create import modelfile_text
+    from app.store.names import ModelName
+
     if args.modelfile:
         print(modelfile_text(_store(), ModelName.parse(args.name)), end="")
         return 0
@@ -185,6 +291,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from app.store.names import ModelName
+
     store = _store()
     names = [ModelName.parse(n) for n in args.names]
     for name in names:
@@ -194,6 +302,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
+    from app.store.names import ModelName
+
     source, target = ModelName.parse(args.source), ModelName.parse(args.destination)
     _store().copy(source, target)
     print(f"copied '{source.display}' to '{target.display}'")

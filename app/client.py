@@ -1,7 +1,20 @@
-"""An httpx client of the loam server's API (Ollama's), for the CLI and the TUI."""
+"""An httpx client of the loam server's API (Ollama's), sync for the CLI and async for the TUI.
+
+`ensure_server` is what makes keep-alive work across `loam ask` calls: when
+nothing answers at LOAM_HOST it starts `loam serve` in the background, detached
+and logging to the state dir, and waits until it answers.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,13 +22,62 @@ import httpx
 from app import config
 from app.errors import LoamError
 
+#: Connecting must be quick; reading may wait through a model load, so it has no limit.
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
+#: How long an autostarted server may take to answer.
+START_TIMEOUT = 30.0
+
 
 class ServerUnavailable(LoamError):
     """No loam server answers at LOAM_HOST."""
 
 
 class ServerError(LoamError):
-    """The server answered with an error."""
+    """The server answered with an error; `status` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _unavailable(host: str) -> ServerUnavailable:
+    return ServerUnavailable(f"no loam server answers at {host}; start one with `loam serve`")
+
+
+def _error_of(response: httpx.Response, body: bytes) -> ServerError:
+    try:
+        message = json.loads(body).get("error") or body.decode(errors="replace")
+    except (ValueError, AttributeError):
+        message = body.decode(errors="replace") or response.reason_phrase
+    return ServerError(str(message).strip(), response.status_code)
+
+
+def _chunk(line: str) -> dict[str, Any] | None:
+    """One NDJSON line as a dict; an `error` line raises, as Ollama's clients do."""
+    if not line.strip():
+        return None
+    item = json.loads(line)
+    if isinstance(item, dict) and item.get("error"):
+        raise ServerError(str(item["error"]))
+    return item
+
+
+def chat_body(
+    model: str,
+    messages: list[dict[str, Any]],
+    *,
+    options: dict[str, Any] | None = None,
+    format: str | dict[str, Any] | None = None,
+    keep_alive: str | float | None = None,
+    stream: bool = True,
+    think: bool | None = None,
+) -> dict[str, Any]:
+    """An /api/chat request body with the unset fields left out (the server's defaults apply)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    for key, value in (("options", options), ("format", format), ("keep_alive", keep_alive), ("think", think)):
+        if value not in (None, {}, ""):
+            body[key] = value
+    return body
 
 
 class Client:
@@ -25,18 +87,50 @@ class Client:
         self.host = host or config.host()
         self.http = httpx.Client(base_url=f"http://{self.host}", timeout=timeout)
 
+    def close(self) -> None:
+        self.http.close()
+
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kw)
         except httpx.ConnectError:
-            raise ServerUnavailable(f"no loam server answers at {self.host}; start one with `loam serve`") from None
+            raise _unavailable(self.host) from None
         if response.status_code >= 400:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise ServerError(str(message))
+            raise _error_of(response, response.content)
         return response
+
+    def answers(self) -> bool:
+        """Whether a server answers at the host now."""
+        try:
+            return self.http.get("/api/version", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST `body` and yield the NDJSON chunks; closing the iterator cancels the work on the server."""
+        try:
+            with self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as response:
+                if response.status_code >= 400:
+                    raise _error_of(response, response.read())
+                for line in response.iter_lines():
+                    item = _chunk(line)
+                    if item is not None:
+                        yield item
+        except httpx.ConnectError:
+            raise _unavailable(self.host) from None
+        except httpx.RemoteProtocolError as e:
+            raise ServerError(f"the server closed the connection mid-answer ({e}); see its log") from None
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Iterator[dict[str, Any]]:
+        """An /api/chat reply, chunk by chunk (one whole chunk with stream=False)."""
+        return self.stream("/api/chat", chat_body(model, messages, **kw))
+
+    def pull(self, name: str) -> Iterator[dict[str, Any]]:
+        """Progress of a pull done by the server: {status, digest?, total?, completed?}."""
+        return self.stream("/api/pull", {"model": name, "stream": True})
+
+    def show(self, name: str) -> dict[str, Any]:
+        return self._request("POST", "/api/show", json={"model": name}).json()
 
     def ps(self) -> list[dict[str, Any]]:
         """The loaded models, as /api/ps lists them."""
@@ -45,3 +139,136 @@ class Client:
     def stop(self, model: str) -> None:
         """Unload a model now (keep_alive 0 with an empty prompt, as `ollama stop` does)."""
         self._request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
+
+
+class AsyncClient:
+    """The same calls for the TUI, on asyncio, so the UI never waits on the network."""
+
+    def __init__(self, host: str | None = None, timeout: float | None = 30.0) -> None:
+        self.host = host or config.host()
+        self.http = httpx.AsyncClient(base_url=f"http://{self.host}", timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, **kw)
+        except httpx.ConnectError:
+            raise _unavailable(self.host) from None
+        if response.status_code >= 400:
+            raise _error_of(response, response.content)
+        return response
+
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST `body` and yield the NDJSON chunks; closing the generator cancels the work on the server."""
+        try:
+            async with self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as response:
+                if response.status_code >= 400:
+                    raise _error_of(response, await response.aread())
+                async for line in response.aiter_lines():
+                    item = _chunk(line)
+                    if item is not None:
+                        yield item
+        except httpx.ConnectError:
+            raise _unavailable(self.host) from None
+        except httpx.RemoteProtocolError as e:
+            raise ServerError(f"the server closed the connection mid-answer ({e}); see its log") from None
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> AsyncIterator[dict[str, Any]]:
+        return self.stream("/api/chat", chat_body(model, messages, **kw))
+
+    def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        return self.stream("/api/pull", {"model": name, "stream": True})
+
+    def create(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """/api/create's progress, for a body like Ollama's (model, from, system, parameters, messages)."""
+        return self.stream("/api/create", {**body, "stream": True})
+
+    async def tags(self) -> list[dict[str, Any]]:
+        """The store's models with their details (size, parameter size, quantization)."""
+        return (await self._request("GET", "/api/tags")).json().get("models", [])
+
+    async def show(self, name: str) -> dict[str, Any]:
+        return (await self._request("POST", "/api/show", json={"model": name})).json()
+
+    async def delete(self, name: str) -> None:
+        await self._request("DELETE", "/api/delete", json={"model": name})
+
+    async def ps(self) -> list[dict[str, Any]]:
+        return (await self._request("GET", "/api/ps")).json().get("models", [])
+
+
+# -- autostart -------------------------------------------------------------
+
+
+def is_local(host: str) -> bool:
+    """Whether `host:port` names this machine, where loam may start a server."""
+    name = host.rpartition(":")[0].strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def server_log() -> Path:
+    return config.paths().logs / "server.log"
+
+
+def pid_file(host: str) -> Path:
+    """Where the pid of a server loam started for `host` is kept."""
+    return config.paths().state / f"serve-{host.rpartition(':')[2]}.pid"
+
+
+def ensure_server(host: str | None = None, timeout: float = START_TIMEOUT) -> str:
+    """The host, after making sure a server answers there: start `loam serve` when none does."""
+    host = host or config.host()
+    probe = Client(host)
+    try:
+        if probe.answers():
+            return host
+        if not is_local(host):
+            raise _unavailable(host)
+        process = _spawn_server()
+        pid_file(host).parent.mkdir(parents=True, exist_ok=True)
+        config.write_atomic(pid_file(host), f"{process.pid}\n".encode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe.answers():
+                return host
+            if process.poll() is not None and not probe.answers():
+                raise ServerUnavailable(
+                    f"`loam serve` exited ({process.returncode}) before answering at {host}: "
+                    f"{_last_line(server_log())}; see {server_log()}"
+                )
+            time.sleep(0.1)
+        raise ServerUnavailable(f"`loam serve` did not answer at {host} within {timeout:.0f}s; see {server_log()}")
+    finally:
+        probe.close()
+
+
+def _spawn_server() -> subprocess.Popen[bytes]:
+    """`loam serve`, detached from this terminal and process group, logging to the state dir."""
+    log_path = server_log()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"--- started by loam at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"

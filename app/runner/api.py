@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from app.runner.engine import Engine
-from app.runner.sampling import SamplingParams
+from app.runner.sampling import SamplingParams, check_grammar
 from app.runner.slot import Chunk, Request
 from app.runner.state import RunnerState
 
@@ -91,6 +91,8 @@ async def completion(state: RunnerState, http: HttpRequest) -> Response:
         prompt = body.get("prompt", body.get("tokens"))
         tokens = _prompt_tokens(state, prompt)
         params = SamplingParams.from_json(body)
+        if params.grammar:
+            check_grammar(state.model.vocab, params.grammar)
     except ValueError as e:
         return error(400, str(e))
     if not tokens or prompt == "":

@@ -122,7 +122,9 @@ class Engine:
         slot, n_cached = self._pick_slot(prompt, free, params.cache_prompt)
         n_cached = min(n_cached, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self._trim(slot, n_cached)
-        sampler = Sampler(params, self.model.n_vocab, self.model.eog_tokens if params.ignore_eos else None)
+        sampler = Sampler(
+            params, self.model.vocab, self.model.n_vocab, self.model.eog_tokens if params.ignore_eos else None
+        )
         for token in prompt[max(0, len(prompt) - params.repeat_last_n) :] if sampler.penalized else ():
             sampler.accept(token)
         slot.start(request, sampler, n_cached, truncated)

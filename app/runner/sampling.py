@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,8 @@ class SamplingParams:
     n_keep: int = 0
     cache_prompt: bool = True
     stop: list[str] = field(default_factory=list)
+    grammar: str = ""  # GBNF; a json_schema is turned into one
+    json_schema: Any = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> SamplingParams:
@@ -48,16 +51,48 @@ class SamplingParams:
                 value = int(value) if f.type == "int" else float(value)
             elif f.type == "bool":
                 value = bool(value)
+            elif f.type == "str" and not isinstance(value, str):
+                raise ValueError(f"{f.name} must be a string")
             setattr(params, f.name, value)
         if "max_tokens" in body and "n_predict" not in body:
             params.n_predict = int(body["max_tokens"])
+        if params.json_schema is not None and not params.grammar:
+            params.grammar = schema_grammar(params.json_schema)
         return params
+
+
+def schema_grammar(schema: Any) -> str:
+    """The GBNF grammar that constrains output to JSON matching `schema` (llama.cpp's converter)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    if not isinstance(schema, (dict, bool)):
+        raise ValueError("json_schema must be a JSON Schema object")
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # noqa: BLE001 - the converter raises bare Exceptions for schemas it cannot express
+        raise ValueError(f"json_schema is not usable: {e}") from None
+
+
+def grammar_sampler(vocab: llama.llama_vocab_p, grammar: str) -> llama.llama_sampler_p:
+    """llama.cpp's grammar sampler; ValueError when the GBNF does not parse."""
+    sampler = llama.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise ValueError("the grammar does not parse as GBNF with a `root` rule")
+    return sampler
+
+
+def check_grammar(vocab: llama.llama_vocab_p, grammar: str) -> None:
+    """Raise ValueError now, on the HTTP side, for a grammar the decode loop could not use."""
+    llama.llama_sampler_free(grammar_sampler(vocab, grammar))
 
 
 class Sampler:
     """A llama.cpp sampler chain for one request; freed with `close`."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int, banned: list[int] | None = None) -> None:
+    def __init__(
+        self, params: SamplingParams, vocab: llama.llama_vocab_p, n_vocab: int, banned: list[int] | None = None
+    ) -> None:
+        self.penalties = None
         self.chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = lambda s: llama.llama_sampler_chain_add(self.chain, s)  # noqa: E731
         if banned:  # ignore_eos: end-of-generation tokens can never be picked, as in llama-server
@@ -65,16 +100,13 @@ class Sampler:
             add(llama.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
         penalized = params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
         if penalized and params.repeat_last_n != 0:
-            add(
-                llama.llama_sampler_init_penalties(
-                    n_vocab,
-                    params.repeat_last_n,
-                    params.repeat_penalty,
-                    params.frequency_penalty,
-                    params.presence_penalty,
-                )
+            self.penalties = llama.llama_sampler_init_penalties(
+                n_vocab, params.repeat_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
             )
-        self.penalized = bool(penalized)
+            add(self.penalties)
+        self.penalized = self.penalties is not None
+        if params.grammar:  # before truncation, so a legal token always survives
+            add(grammar_sampler(vocab, params.grammar))
         if params.temperature <= 0:
             add(llama.llama_sampler_init_greedy())
             return
@@ -91,9 +123,9 @@ class Sampler:
         add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def accept(self, token: int) -> None:
-        """Count a prompt token for the repeat penalties."""
-        if self.penalized:
-            llama.llama_sampler_accept(self.chain, token)
+        """Count a prompt token for the repeat penalties (the grammar only sees generated tokens)."""
+        if self.penalties is not None:
+            llama.llama_sampler_accept(self.penalties, token)
 
     def sample(self, ctx: llama.llama_context_p, index: int) -> int:
         """Pick the next token from the logits at batch `index` (and accept it)."""

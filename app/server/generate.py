@@ -104,7 +104,9 @@ class Call:
     options: dict[str, Any]
     keep_alive: float
     think: bool | None = None
+    json_schema: dict[str, Any] | None = None  # constrain the reply to JSON (Ollama's `format`)
     started: float = field(default_factory=time.perf_counter)
+    acquired: float | None = None  # when the scheduler handed over a loaded runner
 
 
 class Generator:
@@ -119,19 +121,24 @@ class Generator:
         opts = load_options(options, call.model.details.info.context_length, self.parallel)
         return LoadRequest(call.model.name, call.model.digest, call.model.path, opts, call.model.adapters)
 
+    async def _acquire(self, call: Call) -> Loaded:
+        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        call.acquired = time.perf_counter()
+        return loaded
+
     async def load_only(self, call: Call) -> Done:
         """An empty prompt: load the model (or, with keep_alive 0, unload it)."""
         if call.keep_alive <= 0:
             await self.scheduler.unload(call.model.name)
             return Done("unload", total=time.perf_counter() - call.started)
-        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        loaded = await self._acquire(call)
         self.scheduler.release(loaded)
         return Done("load", total=time.perf_counter() - call.started, load=self._load_time(loaded, call))
 
     async def chat(
         self, call: Call, messages: list[dict[str, Any]], tools: list[Any] | None = None
     ) -> AsyncIterator[Piece | Done]:
-        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        loaded = await self._acquire(call)
         try:
             count = _token_counter(loaded)
             rendered = await asyncio.to_thread(
@@ -154,7 +161,7 @@ class Generator:
         raw: bool = False,
         context: list[int] | None = None,
     ) -> AsyncIterator[Piece | Done]:
-        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        loaded = await self._acquire(call)
         try:
             if raw:
                 text = prompt
@@ -175,7 +182,7 @@ class Generator:
 
     async def embed(self, call: Call, inputs: list[str], truncate: bool) -> tuple[list[list[float]], int, Done]:
         """One normalized vector per input, the tokens evaluated, and the timing of the call."""
-        loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)
+        loaded = await self._acquire(call)
         try:
             vectors, count = [], 0
             for text in inputs:
@@ -198,6 +205,8 @@ class Generator:
     ) -> AsyncIterator[Piece | Done]:
         options = merged(call.model.details.parameters, call.options)
         body = {"prompt": prompt, "cache_prompt": True, **sampling_fields(options)}
+        if call.json_schema is not None:
+            body["json_schema"] = call.json_schema
         splitter = ThinkingSplitter(started=thinking_started) if call.think is not False else None
         tokens: list[int] = []
         try:
@@ -235,9 +244,8 @@ class Generator:
 
     @staticmethod
     def _load_time(loaded: Loaded, call: Call) -> float:
-        """This request's wait for the model: the load if it started it, else ~0."""
-        waited = loaded.loaded_at - call.started
-        return max(0.0, min(loaded.load_seconds, waited))
+        """This request's wait for a runner: the load when it needed one, else the scheduler's few milliseconds."""
+        return max(0.0, (call.acquired or call.started) - call.started)
 
 
 def _token_counter(loaded: Loaded) -> Any:

@@ -214,7 +214,18 @@ def _call(state: ServerState, body: dict[str, Any]) -> Call:
     keep_alive = body.get("keep_alive")
     seconds = state.settings.keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
     think = body.get("think")
-    return Call(model, options, seconds, think if isinstance(think, bool) else None)
+    return Call(model, options, seconds, think if isinstance(think, bool) else None, json_schema(body.get("format")))
+
+
+def json_schema(format: Any) -> dict[str, Any] | None:
+    """Ollama's `format`: "json" for any JSON object, or a JSON schema the reply must match."""
+    if format in (None, ""):
+        return None
+    if format == "json":
+        return {"type": "object"}
+    if isinstance(format, dict):
+        return format
+    raise BadRequest('format must be "json" or a JSON schema object')
 
 
 def _final(done: Done) -> dict[str, Any]:

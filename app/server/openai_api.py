@@ -63,7 +63,21 @@ def _call(state: ServerState, body: dict[str, Any]) -> Call:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise BadRequest("model is required")
-    return Call(resolve(state.store, name), _options(body), state.settings.keep_alive)
+    call = Call(resolve(state.store, name), _options(body), state.settings.keep_alive)
+    call.json_schema = _response_schema(body.get("response_format"))
+    return call
+
+
+def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    """OpenAI's response_format: json_object for any object, json_schema for a given schema."""
+    if not isinstance(response_format, dict) or response_format.get("type") in (None, "text"):
+        return None
+    if response_format["type"] == "json_object":
+        return {"type": "object"}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if response_format["type"] == "json_schema" and isinstance(schema, dict):
+        return schema
+    raise BadRequest("response_format must be text, json_object, or json_schema with a schema")
 
 
 def _text(content: Any) -> str:
