@@ -160,6 +160,13 @@ class AsyncClient:
             raise _error_of(response, response.content)
         return response
 
+    async def answers(self) -> bool:
+        """Whether a server answers at the host now."""
+        try:
+            return (await self.http.get("/api/version", timeout=2.0)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST `body` and yield the NDJSON chunks; closing the generator cancels the work on the server."""
         try:

@@ -1,0 +1,1 @@
+"""The Textual chat app: screens, widgets, themes and chat history."""

@@ -1,0 +1,459 @@
+"""`loam chat`: the Textual app that streams answers from the loam server and shows their figures.
+
+The app never waits on the network or the disk on its event loop: server calls
+are async (httpx), and the chat history and config are read and written in
+worker threads. A server or model error becomes a message in the chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import Footer, Static
+
+from app import config
+from app.ask import default_model
+from app.client import AsyncClient, ServerError, ensure_server
+from app.errors import LoamError
+from app.stats import LiveRate, Stats
+from app.tui import keys, slash
+from app.tui.chat import ChatLog, MessageView, PromptInput, StatsPanel, code_blocks
+from app.tui.history import History, Session, export_markdown
+from app.tui.screens import ConfirmScreen, InfoScreen, ModelPicker, PullScreen, SettingsScreen
+from app.tui.sessions import SessionsScreen
+from app.tui.themes import DEFAULT_THEME, discover, save_theme, saved_theme
+
+#: Streamed text is drawn at most this often: Markdown renders cost CPU that the model's decode needs.
+REDRAW_SECONDS = 0.2
+
+KEY_HELP = """Keys: Enter sends · Shift+Enter or Ctrl+J adds a line · Up/Down recall earlier prompts ·
+Esc stops an answer · Ctrl+N new chat · Ctrl+O chats · Ctrl+L models · F2 model info ·
+F3 settings · F4 stats · F5 pull · Ctrl+Y copy answer · Ctrl+K copy code · Ctrl+E export ·
+Ctrl+P command palette · Ctrl+Q quit"""
+
+
+class LoamApp(App[None]):
+    """The chat TUI: a chat log, the prompt, and the stats panel, over one chat session at a time."""
+
+    TITLE = "loam"
+    BINDINGS = keys.BINDINGS
+    CSS = """
+    #bar { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    #main { height: 1fr; }
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        verbose: bool = False,
+        new: bool = False,
+        host: str | None = None,
+        autostart: bool = True,
+        history_path: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.requested_model = model
+        self.verbose = verbose
+        self.new_session = new
+        self.host = host
+        self.autostart = autostart
+        self.history_path = history_path
+        self.client: AsyncClient | None = None
+        self.history: History | None = None
+        self.session: Session | None = None
+        self.model = ""
+        self.conversation: list[dict[str, str]] = []
+        self.answering = False
+        self.pygments_style = "monokai"
+        self.loam_themes, self.theme_warnings = discover()
+        self.user_config = config.load_config()
+        self.server_state = "starting"
+
+    # -- layout and start ----------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static("loam", id="bar", markup=False)
+        with Horizontal(id="main"):
+            yield ChatLog(id="log")
+            yield StatsPanel(id="stats")
+        yield PromptInput(id="prompt", placeholder="Message (Enter sends, /help for commands)")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for loam_theme in self.loam_themes.values():
+            self.register_theme(loam_theme.theme)
+        wanted = str(self.user_config.get("theme") or DEFAULT_THEME)
+        self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
+        self._apply_pygments(self.current_theme)
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        keymap, warnings = keys.keymap_from_config(self.user_config)
+        self.set_keymap(keymap)
+        for warning in self.theme_warnings + warnings:
+            self.notify(warning, severity="warning", timeout=8)
+        self.query_one(StatsPanel).display = self.verbose
+        self.query_one(PromptInput).focus()
+        self.start()
+
+    @work(exclusive=True, group="start")
+    async def start(self) -> None:
+        """Open the chat history, reopen or start a session, then find (or start) the server."""
+        try:
+            self.history = await asyncio.to_thread(History, self.history_path)
+            session = await asyncio.to_thread(self._first_session)
+        except LoamError as e:
+            await self.post_note(str(e), "error")
+            return
+        await self.open_session(session)
+        try:
+            host = await asyncio.to_thread(ensure_server, self.host) if self.autostart else self.host
+        except LoamError as e:
+            self.server_state = "no server"
+            self.update_bar()
+            await self.post_note(str(e), "error")
+            return
+        client = AsyncClient(host)
+        self.server_state = "connected" if await client.answers() else f"no server at {host}"
+        self.client = client
+        self.update_bar()
+
+    def _first_session(self) -> Session:
+        """The latest chat, unless a new one was asked for or another model was named."""
+        assert self.history is not None
+        latest = None if self.new_session else self.history.latest()
+        if latest is not None and self.requested_model in (None, latest.model):
+            return latest
+        return self.history.create(self.requested_model or default_model())
+
+    async def open_session(self, session: Session) -> None:
+        """Show a session's messages and make it the one new messages go to."""
+        assert self.history is not None
+        messages = await asyncio.to_thread(self.history.messages, session.id)
+        self.session, self.model = session, session.model
+        self.conversation = [{"role": m.role, "content": m.content} for m in messages]
+        log = self.query_one(ChatLog)
+        await log.remove_children()
+        views = [self._view(m.role, m.content, m.stats) for m in messages]
+        if views:
+            await log.mount_all(views)
+        else:
+            await log.mount(Static("Say something. /help lists commands; Ctrl+P opens the palette.", classes="empty"))
+        log.scroll_end(animate=False)
+        panel = self.query_one(StatsPanel)
+        panel.reset()
+        panel.add_rates([Stats.from_response(m.stats).eval_rate for m in messages if m.stats])
+        prompts = await asyncio.to_thread(self._recent_prompts)
+        self.query_one(PromptInput).remember(prompts)
+        self.update_bar()
+
+    def _recent_prompts(self) -> list[str]:
+        assert self.history is not None
+        out: list[str] = []
+        for session in reversed(self.history.sessions()[:20]):
+            out += [m.content for m in self.history.messages(session.id) if m.role == "user"]
+        return out[-200:]
+
+    def _view(self, role: str, content: str, stats: dict[str, Any] | None = None) -> MessageView:
+        author = {"user": "You", "assistant": self.model, "system": "System"}.get(role, role)
+        return MessageView(role, author, content, stats)
+
+    def update_bar(self) -> None:
+        if not self.is_running:
+            return
+        title = self.session.title if self.session else ""
+        self.query_one("#bar", Static).update(f"loam · {self.model or '…'} · {title}    {self.server_state}")
+
+    async def post_note(self, text: str, kind: str = "note") -> MessageView:
+        """A line from loam itself in the chat: an error, help, or model info. Never stored."""
+        view = MessageView(kind, "loam" if kind == "note" else "error", text)
+        log = self.query_one(ChatLog)
+        await log.mount(view)
+        log.scroll_end(animate=False)
+        return view
+
+    # -- sending and streaming -----------------------------------------------
+
+    @on(PromptInput.Submitted)
+    async def submitted(self, event: PromptInput.Submitted) -> None:
+        try:
+            command = slash.parse(event.text)
+        except slash.SlashError as e:
+            await self.post_note(str(e), "error")
+            return
+        if command is not None:
+            await self.run_command(command)
+        else:
+            self.send(slash.unescape(event.text))
+
+    def send(self, text: str) -> None:
+        if self.answering:
+            self.notify("an answer is still streaming; Esc stops it", severity="warning")
+            return
+        if self.client is None or self.session is None:
+            self.notify("the server is not ready yet", severity="warning")
+            return
+        self.answering = True
+        self.answer(text)
+
+    @work(exclusive=True, group="answer")
+    async def answer(self, text: str) -> None:
+        """Stream one answer into the chat, then store both messages with the answer's figures."""
+        try:
+            await self._answer(text)
+        finally:
+            self.answering = False
+
+    async def _answer(self, text: str) -> None:
+        assert self.history is not None and self.session is not None
+        log = self.query_one(ChatLog)
+        for empty in log.query(".empty"):
+            await empty.remove()
+        session_id = self.session.id
+        await log.mount(self._view("user", text))
+        await asyncio.to_thread(self.history.add_message, session_id, "user", text)
+        self.session = await asyncio.to_thread(self.history.get, session_id)  # the first message titles it
+        self.update_bar()
+        self.conversation.append({"role": "user", "content": text})
+        reply = self._view("assistant", "")
+        await log.mount(reply)
+        log.anchor()
+        try:
+            final = await self._stream_into(reply)
+        except asyncio.CancelledError:
+            self.query_one(StatsPanel).end_live()
+            await reply.finish(suffix="\n\n*[stopped]*")
+            await self._keep_answer(session_id, reply.content, None)
+            raise
+        except (LoamError, httpx.HTTPError) as e:
+            self.query_one(StatsPanel).end_live()
+            await reply.remove()
+            await self.post_note(str(e) or type(e).__name__, "error")
+            self.conversation.pop()
+            return
+        stats = Stats.from_response(final) if final else None
+        await reply.finish(stats.to_dict() if stats else None)
+        if stats:
+            self.query_one(StatsPanel).show_answer(stats)
+        await self._keep_answer(session_id, reply.content, stats.to_dict() if stats else None)
+
+    async def _keep_answer(self, session_id: int, content: str, stats: dict[str, Any] | None) -> None:
+        assert self.history is not None
+        if session_id == (self.session.id if self.session else None):
+            self.conversation.append({"role": "assistant", "content": content})
+        await asyncio.to_thread(self.history.add_message, session_id, "assistant", content, stats)
+
+    async def _stream_into(self, reply: MessageView) -> dict[str, Any] | None:
+        """Copy the server's chunks into `reply`; a missing model is pulled first, with its progress shown."""
+        try:
+            return await self._chunks_into(reply)
+        except ServerError as e:
+            if e.status != 404:
+                raise
+        await self._pull_inline(self.model)
+        return await self._chunks_into(reply)
+
+    async def _chunks_into(self, reply: MessageView) -> dict[str, Any] | None:
+        assert self.client is not None and self.session is not None
+        messages = ([{"role": "system", "content": self.session.system}] if self.session.system else []) + list(
+            self.conversation
+        )
+        live, panel, final = LiveRate(), self.query_one(StatsPanel), None
+        pending: list[str] = []
+        flushed = time.monotonic()
+        async for chunk in self.client.chat(self.model, messages, options=self.session.options):
+            text = (chunk.get("message") or {}).get("content") or ""
+            if text:
+                live.piece()
+                pending.append(text)
+            if chunk.get("done"):
+                final = chunk
+            if pending and (final or time.monotonic() - flushed >= REDRAW_SECONDS):
+                await reply.append("".join(pending))
+                pending.clear()
+                panel.show_live(live.rate, live.pieces + 1)
+                flushed = time.monotonic()
+        if pending:
+            await reply.append("".join(pending))
+        return final
+
+    async def _pull_inline(self, name: str) -> None:
+        assert self.client is not None
+        note = await self.post_note(f"{name} is not in the store; pulling it…")
+        status = note.query_one(".body", Static)
+        async for event in self.client.pull(name):
+            total, done = event.get("total"), event.get("completed")
+            progress = f" {100 * done // total}%" if total and done is not None else ""
+            status.update(f"pulling {name}: {event.get('status', '')}{progress}")
+        status.update(f"pulled {name}")
+
+    def action_cancel(self) -> None:
+        """Esc: stop the answer that is streaming (the server stops generating it too)."""
+        if self.answering:
+            self.workers.cancel_group(self, "answer")
+
+    # -- slash commands -------------------------------------------------------
+
+    async def run_command(self, command: slash.Command) -> None:
+        from app.tui.commands import execute  # the slash commands' effects, kept apart from the layout
+
+        try:
+            await execute(self, command)
+        except LoamError as e:
+            await self.post_note(str(e), "error")
+
+    async def update_session(self, **fields: Any) -> None:
+        assert self.history is not None and self.session is not None
+        self.session = await asyncio.to_thread(self.history.update, self.session.id, **fields)
+        self.model = self.session.model
+        self.update_bar()
+
+    # -- actions (keys and the command palette) -------------------------------
+
+    async def action_new_chat(self) -> None:
+        if self.history is None:
+            return
+        self.workers.cancel_group(self, "answer")
+        session = await asyncio.to_thread(self.history.create, self.model or default_model())
+        await self.open_session(session)
+
+    def action_sessions(self) -> None:
+        if self.history is None:
+            return
+
+        async def chosen(session_id: int | None) -> None:
+            if session_id is not None and self.history is not None:
+                self.workers.cancel_group(self, "answer")
+                await self.open_session(await asyncio.to_thread(self.history.get, session_id))
+
+        self.push_screen(SessionsScreen(self.history, self.session.id if self.session else None), chosen)
+
+    def action_models(self) -> None:
+        if self.client is None:
+            self.notify("the server is not ready yet", severity="warning")
+            return
+
+        async def chosen(name: str | None) -> None:
+            if name:
+                await self.update_session(model=name)
+                await self.post_note(f"now chatting with {name}")
+
+        self.push_screen(ModelPicker(self.client, self.model), chosen)
+
+    def action_pull(self) -> None:
+        if self.client is not None:
+            self.push_screen(PullScreen(self.client))
+
+    def action_info(self) -> None:
+        if self.client is not None and self.model:
+            self.push_screen(InfoScreen(self.client, self.model))
+
+    def action_settings(self) -> None:
+        if self.session is None:
+            return
+
+        async def saved(result: tuple[str, dict[str, Any]] | None) -> None:
+            if result is not None:
+                system, options = result
+                await self.update_session(system=system, options=options)
+                self.notify("settings saved for this chat")
+
+        self.push_screen(SettingsScreen(self.session.system, dict(self.session.options)), saved)
+
+    def action_toggle_stats(self) -> None:
+        panel = self.query_one(StatsPanel)
+        panel.display = not panel.display
+
+    def _selected_message(self) -> MessageView | None:
+        """The focused message, else the last answer."""
+        if isinstance(self.focused, MessageView):
+            return self.focused
+        answers = list(self.query_one(ChatLog).query("MessageView.assistant").results(MessageView))
+        return answers[-1] if answers else None
+
+    def action_copy_last(self) -> None:
+        view = self._selected_message()
+        if view is None or not view.content:
+            self.notify("nothing to copy yet", severity="warning")
+            return
+        self.copy_to_clipboard(view.content)
+        self.notify("copied the message")
+
+    def action_copy_code(self) -> None:
+        view = self._selected_message()
+        blocks = code_blocks(view.content) if view else []
+        if not blocks:
+            self.notify("no code block in that message", severity="warning")
+            return
+        self.copy_to_clipboard(blocks[-1])
+        self.notify("copied the code block")
+
+    @work(group="export")
+    async def action_export(self) -> None:
+        if self.history is None or self.session is None:
+            return
+        session = self.session
+        messages = await asyncio.to_thread(self.history.messages, session.id)
+        path = Path.cwd() / f"loam-chat-{session.id}.md"
+        await asyncio.to_thread(config.write_atomic, path, export_markdown(session, messages).encode())
+        self.notify(f"exported to {path}")
+
+    def action_delete_model(self) -> None:
+        if self.client is None or not self.model:
+            return
+        client, name = self.client, self.model
+
+        async def confirmed(yes: bool | None) -> None:
+            if yes:
+                try:
+                    await client.delete(name)
+                    self.notify(f"deleted {name}")
+                except LoamError as e:
+                    await self.post_note(str(e), "error")
+
+        self.push_screen(ConfirmScreen(f"Delete {name} from the store?"), confirmed)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for binding in keys.BINDINGS:
+            if binding.action not in ("quit",):
+                action = getattr(self, f"action_{binding.action}")
+                yield SystemCommand(binding.description, f"{binding.description} ({binding.key})", action)
+        yield SystemCommand("Delete model", "Remove the current model from the store", self.action_delete_model)
+
+    # -- themes ---------------------------------------------------------------
+
+    def _apply_pygments(self, theme: Theme) -> None:
+        loam_theme = self.loam_themes.get(theme.name)
+        self.pygments_style = loam_theme.pygments_style if loam_theme else ("monokai" if theme.dark else "default")
+
+    def _theme_changed(self, theme: Theme) -> None:
+        self._apply_pygments(theme)
+        if theme.name != saved_theme_name(self.user_config):
+            self.user_config["theme"] = theme.name
+            self.run_worker(lambda: save_theme(theme.name), thread=True, group="config")
+
+    async def on_unmount(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.history is not None:
+            self.history.close()
+
+
+def saved_theme_name(user_config: dict[str, Any]) -> str:
+    return str(user_config.get("theme") or DEFAULT_THEME)
+
+
+def run_chat(model: str | None = None, verbose: bool = False, new: bool = False) -> int:
+    """`loam chat` and `loam run MODEL` without a prompt."""
+    saved_theme()  # a broken config.toml is a one-line error before the screen changes
+    LoamApp(model=model, verbose=verbose, new=new).run()
+    return 0

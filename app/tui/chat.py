@@ -1,0 +1,251 @@
+"""The chat pane's widgets: messages that stream Markdown, the prompt input, and the stats panel."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
+from textual.highlight import highlight
+from textual.message import Message
+from textual.widgets import Markdown, Sparkline, Static, TextArea
+from textual.widgets.markdown import MarkdownFence, MarkdownStream
+
+from app.stats import Stats, short_duration
+from app.tui.keys import NEWLINE_KEYS
+from app.tui.themes import highlight_theme
+
+FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def code_blocks(markdown: str) -> list[str]:
+    """The fenced code blocks of a Markdown text, in order (an unclosed last one included)."""
+    return [m.group(1).rstrip("\n") for m in FENCE.finditer(markdown)]
+
+
+class ThemedFence(MarkdownFence):
+    """A code block highlighted by pygments in the current theme's pygments style."""
+
+    def highlight(self, code: str, language: str, ansi: bool = False, dark: bool = False) -> Content:  # type: ignore[override]
+        style = getattr(self.app, "pygments_style", "monokai")
+        return highlight(code, language=language or None, theme=highlight_theme(style))
+
+
+class ThemedMarkdown(Markdown):
+    """Markdown whose code blocks follow the theme's pygments style."""
+
+    BLOCKS = {**Markdown.BLOCKS, "fence": ThemedFence, "code_block": ThemedFence}
+
+
+class MessageView(Vertical):
+    """One chat message: who said it, the Markdown body, and for answers a line of figures."""
+
+    DEFAULT_CSS = """
+    MessageView { height: auto; margin: 0 1 1 1; padding: 0 1; }
+    MessageView.user { border-left: thick $secondary; background: $boost; }
+    MessageView.assistant { border-left: thick $primary; }
+    MessageView.error { border-left: thick $error; color: $text-error; }
+    MessageView.note { border-left: thick $accent; color: $text-muted; }
+    MessageView > .who { color: $text-muted; text-style: bold; }
+    MessageView > .figures { color: $text-muted; }
+    MessageView ThemedMarkdown { margin: 0; padding: 0; }
+    """
+
+    def __init__(self, role: str, author: str, content: str = "", stats: dict[str, Any] | None = None) -> None:
+        super().__init__(classes=role)
+        self.role = role
+        self.author = author
+        self.content = content
+        self.stats = stats
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.author, classes="who", markup=False)
+        if self.role in ("error", "note"):
+            yield Static(self.content, classes="body", markup=False)
+        else:
+            yield ThemedMarkdown(self.content)
+        figures = Static(self._figures_text(), classes="figures", markup=False)
+        figures.display = bool(self.stats)
+        yield figures
+
+    def _figures_text(self) -> str:
+        if not self.stats:
+            return ""
+        stats = Stats.from_response(self.stats)
+        return f"{stats.eval_count} tokens · {stats.eval_rate:.1f} tokens/s · {short_duration(stats.total_duration)}"
+
+    async def append(self, text: str) -> None:
+        """Add streamed text; Textual's MarkdownStream batches renders when text comes faster than they draw."""
+        self.content += text
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(ThemedMarkdown))
+        await self._stream.write(text)
+
+    async def finish(self, stats: dict[str, Any] | None = None, suffix: str = "") -> None:
+        """End streaming with one full render of the whole text, and show the figures."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.content += suffix
+        if self.role not in ("error", "note"):
+            await self.query_one(ThemedMarkdown).update(self.content)
+        self.stats = stats
+        figures = self.query_one(".figures", Static)
+        figures.update(self._figures_text())
+        figures.display = bool(stats)
+
+
+class ChatLog(VerticalScroll):
+    """The conversation; anchored to the bottom while answers stream, until the user scrolls up."""
+
+    DEFAULT_CSS = """
+    ChatLog { height: 1fr; scrollbar-gutter: stable; }
+    ChatLog > .empty { color: $text-muted; margin: 1 2; }
+    """
+
+
+class PromptInput(TextArea):
+    """The message being written: Enter sends, Shift+Enter or Ctrl+J inserts a newline, Up recalls."""
+
+    DEFAULT_CSS = """
+    PromptInput { height: auto; max-height: 10; min-height: 3; border: tall $primary 50%; }
+    PromptInput:focus { border: tall $primary; }
+    """
+
+    class Submitted(Message):
+        """The user pressed Enter on a message."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kw)
+        self.recall: list[str] = []
+        self._recall_index: int | None = None
+
+    def remember(self, prompts: list[str]) -> None:
+        """Prompts that Up brings back, oldest first."""
+        self.recall = [p for p in prompts if p.strip()]
+        self._recall_index = None
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.prevent_default()
+            event.stop()
+            text = self.text
+            if text.strip():
+                self.recall.append(text)
+                self._recall_index = None
+                self.clear()
+                self.post_message(self.Submitted(text))
+            return
+        if event.key in NEWLINE_KEYS:
+            event.prevent_default()
+            event.stop()
+            self.insert("\n")
+            return
+        await super()._on_key(event)
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if select or self.cursor_location[0] > 0 or not self.recall:
+            super().action_cursor_up(select)
+            return
+        index = len(self.recall) if self._recall_index is None else self._recall_index
+        self._show_recalled(max(0, index - 1))
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        last_row = self.document.line_count - 1
+        if select or self._recall_index is None or self.cursor_location[0] < last_row:
+            super().action_cursor_down(select)
+            return
+        if self._recall_index + 1 >= len(self.recall):
+            self._recall_index = None
+            self.clear()
+            return
+        self._show_recalled(self._recall_index + 1)
+
+    def _show_recalled(self, index: int) -> None:
+        self._recall_index = index
+        self.text = self.recall[index]
+        self.move_cursor(self.document.end)
+
+
+class StatsPanel(Vertical):
+    """The verbose figures of the last answer, a live eval rate while one streams, and the session's rates."""
+
+    DEFAULT_CSS = """
+    StatsPanel { width: 36; dock: right; border-left: solid $panel-lighten-2; padding: 0 1; background: $surface; }
+    StatsPanel > .title { text-style: bold; color: $primary; margin-bottom: 1; }
+    StatsPanel > #figures { height: auto; }
+    StatsPanel > #live { margin-top: 1; color: $accent; height: auto; }
+    StatsPanel > .caption { margin-top: 1; color: $text-muted; }
+    StatsPanel > Sparkline { height: 3; }
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.rates: list[float] = []
+        self.last: Stats | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("Stats", classes="title")
+        yield Static(self._figures(None), id="figures", markup=False)
+        yield Static("", id="live", markup=False)
+        yield Static("eval rate, this session", classes="caption")
+        yield Sparkline([], id="rates")
+        yield Static("", id="rates-summary", markup=False)
+
+    @staticmethod
+    def _figures(stats: Stats | None) -> str:
+        if stats is None:
+            return "no answer yet"
+        rows = [
+            ("total", short_duration(stats.total_duration)),
+            ("load", short_duration(stats.load_duration)),
+            ("prompt tokens", str(stats.prompt_eval_count)),
+            ("prompt time", short_duration(stats.prompt_eval_duration)),
+            ("prompt rate", f"{stats.prompt_eval_rate:.1f} tok/s"),
+            ("eval tokens", str(stats.eval_count)),
+            ("eval time", short_duration(stats.eval_duration)),
+            ("eval rate", f"{stats.eval_rate:.1f} tok/s"),
+        ]
+        return "\n".join(f"{name:<14}{value:>18}" for name, value in rows)
+
+    def show_live(self, rate: float, pieces: int) -> None:
+        """While an answer streams: its rate so far."""
+        self.query_one("#live", Static).update(f"live {rate:7.1f} tok/s {pieces:>6} tok")
+
+    def end_live(self) -> None:
+        """A stopped answer has no final figures: clear the live line."""
+        self.query_one("#live", Static).update("")
+
+    def show_answer(self, stats: Stats) -> None:
+        """An answer ended: its figures replace the live estimate and join the sparkline."""
+        self.last = stats
+        self.query_one("#figures", Static).update(self._figures(stats))
+        self.query_one("#live", Static).update("")
+        if stats.eval_count:
+            self.add_rates([stats.eval_rate])
+
+    def add_rates(self, rates: list[float]) -> None:
+        self.rates.extend(rates)
+        self.query_one(Sparkline).data = list(self.rates)
+        if self.rates:
+            low, high = min(self.rates), max(self.rates)
+            mean = sum(self.rates) / len(self.rates)
+            summary = f"{len(self.rates)} answers · {low:.0f}–{high:.0f}, mean {mean:.0f}"
+        else:
+            summary = ""
+        self.query_one("#rates-summary", Static).update(summary)
+
+    def reset(self) -> None:
+        self.rates.clear()
+        self.last = None
+        self.query_one("#figures", Static).update(self._figures(None))
+        self.query_one("#live", Static).update("")
+        self.add_rates([])

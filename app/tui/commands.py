@@ -1,0 +1,114 @@
+"""What each slash command does to the chat app: parameters, system prompt, model, session."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import singledispatch
+from typing import TYPE_CHECKING
+
+from app.client import ServerError
+from app.errors import LoamError
+from app.tui import slash
+from app.tui.chat import ChatLog, StatsPanel
+from app.tui.screens import InfoScreen
+
+if TYPE_CHECKING:
+    from app.tui.app import LoamApp
+
+
+async def execute(app: LoamApp, command: slash.Command) -> None:
+    """Carry out one parsed slash command; LoamError for one that cannot be."""
+    await _execute(command, app)
+
+
+@singledispatch
+async def _execute(command: object, app: LoamApp) -> None:  # pragma: no cover - every command is registered
+    raise LoamError(f"{command!r} is not a command the chat knows")
+
+
+@_execute.register(slash.SetParameter)
+async def _(command: slash.SetParameter, app: LoamApp) -> None:
+    assert app.session is not None
+    await app.update_session(options={**app.session.options, command.name: command.value})
+    await app.post_note(f"Set parameter '{command.name}' to '{command.value}'")
+
+
+@_execute.register(slash.UnsetParameter)
+async def _(command: slash.UnsetParameter, app: LoamApp) -> None:
+    assert app.session is not None
+    options = {k: v for k, v in app.session.options.items() if k != command.name}
+    await app.update_session(options=options)
+    await app.post_note(f"Unset parameter '{command.name}'")
+
+
+@_execute.register(slash.SetSystem)
+async def _(command: slash.SetSystem, app: LoamApp) -> None:
+    await app.update_session(system=command.text)
+    await app.post_note("Set system message." if command.text else "Cleared system message.")
+
+
+@_execute.register(slash.SetVerbose)
+async def _(command: slash.SetVerbose, app: LoamApp) -> None:
+    app.query_one(StatsPanel).display = command.enabled
+    await app.post_note("Set 'verbose' mode." if command.enabled else "Set 'quiet' mode.")
+
+
+@_execute.register(slash.Show)
+async def _(command: slash.Show, app: LoamApp) -> None:
+    if app.client is None:
+        raise LoamError("the server is not ready yet")
+    app.push_screen(InfoScreen(app.client, app.model, section=command.what))
+
+
+@_execute.register(slash.Load)
+async def _(command: slash.Load, app: LoamApp) -> None:
+    if app.client is None:
+        raise LoamError("the server is not ready yet")
+    try:
+        await app.client.show(command.model)
+    except ServerError as e:
+        if e.status == 404:
+            raise LoamError(f"model '{command.model}' is not in the store; pull it with F5 first") from None
+        raise
+    await app.update_session(model=command.model)
+    await app.post_note(f"Loading model '{command.model}'")
+
+
+@_execute.register(slash.Save)
+async def _(command: slash.Save, app: LoamApp) -> None:
+    """Ollama's /save: a new model with this chat's system prompt, parameters and messages."""
+    if app.client is None or app.session is None:
+        raise LoamError("the server is not ready yet")
+    body = {
+        "model": command.name,
+        "from": app.model,
+        "system": app.session.system or None,
+        "parameters": dict(app.session.options),
+        "messages": list(app.conversation),
+    }
+    async for _ in app.client.create({k: v for k, v in body.items() if v not in (None, {})}):
+        pass
+    await app.post_note(f"Created new model '{command.name}'")
+
+
+@_execute.register(slash.Clear)
+async def _(command: slash.Clear, app: LoamApp) -> None:
+    assert app.history is not None and app.session is not None
+    app.workers.cancel_group(app, "answer")
+    await asyncio.to_thread(app.history.clear, app.session.id)
+    app.conversation.clear()
+    await app.query_one(ChatLog).remove_children()
+    await app.post_note("Cleared session context")
+
+
+@_execute.register(slash.Bye)
+async def _(command: slash.Bye, app: LoamApp) -> None:
+    app.exit()
+
+
+@_execute.register(slash.Help)
+async def _(command: slash.Help, app: LoamApp) -> None:
+    from app.tui.app import KEY_HELP
+
+    text = {"set": slash.SET_HELP, "show": slash.SHOW_HELP, "shortcuts": KEY_HELP}.get(command.topic, slash.HELP)
+    await app.post_note(text if command.topic else f"{text}\n\n{KEY_HELP}")

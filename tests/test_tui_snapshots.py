@@ -1,0 +1,117 @@
+"""Snapshots of the chat TUI (pytest-textual-snapshot): the main screen, the stats panel and the model
+picker, each in a dark and a light theme. `pytest --snapshot-update` rewrites them after a deliberate change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from app.stats import Stats
+from app.store.catalog import Catalog
+from app.store.create import create
+from app.store.modelfile import parse
+from app.store.names import ModelName
+from app.store.store import Store
+from app.tui.app import LoamApp
+from app.tui.chat import PromptInput, StatsPanel
+from app.tui.history import History
+from app.tui.screens import ModelPicker
+from tests.server_process import ServerProcess, clone_store
+
+SIZE = (120, 36)
+THEMES = ["loam-dark", "loam-paper"]
+ANSWER = """The sky looks blue because air scatters short wavelengths more than long ones.
+
+```python
+def scattering(wavelength_nm: float) -> float:
+    return 1 / wavelength_nm**4  # Rayleigh
+```
+
+Blue light is scattered about **5.5 times** more than red."""
+FIGURES = {
+    "total_duration": 1_596_818_833,
+    "load_duration": 575_693_088,
+    "prompt_eval_count": 35,
+    "prompt_eval_duration": 215_406_607,
+    "eval_count": 58,
+    "eval_duration": 796_468_114,
+}
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_store: Path, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = clone_store(smollm2_store, tmp_path_factory.mktemp("snap") / "models")
+    create(Store(root), Catalog({}, "smollm2:135m"), ModelName.parse("tiny"), parse(f"FROM {tiny_gguf}\n"), folder=root)
+    with ServerProcess(root, tmp_path_factory.mktemp("home")) as s:
+        yield s
+
+
+def seeded(path: Path) -> Path:
+    """A chat history with one exchange, so every snapshot shows the same conversation."""
+    with History(path) as history:
+        session = history.create("smollm2:135m")
+        history.add_message(session.id, "user", "Why is the sky blue?")
+        history.add_message(session.id, "assistant", ANSWER, FIGURES)
+    return path
+
+
+def chat_app(tmp_path: Path, theme: str, **kw: Any) -> LoamApp:
+    app = LoamApp(history_path=seeded(tmp_path / "chats.sqlite3"), **kw)
+    app.user_config["theme"] = theme
+    return app
+
+
+async def settle(pilot: Pilot[Any], ready: Any = lambda app: True) -> None:
+    app = pilot.app
+    for _ in range(400):
+        if app.session is not None and app.query("MessageView") and ready(app):
+            break
+        await pilot.pause(0.05)
+    app.query_one(PromptInput).cursor_blink = False
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_main_screen(snap_compare: Any, loam_home: Path, tmp_path: Path, theme: str) -> None:
+    app = chat_app(tmp_path, theme, host="127.0.0.1:9", autostart=False)
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_stats_panel(snap_compare: Any, loam_home: Path, tmp_path: Path, theme: str) -> None:
+    app = chat_app(tmp_path, theme, host="127.0.0.1:9", autostart=False, verbose=True)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        panel = app.query_one(StatsPanel)
+        panel.add_rates([61.0, 88.5, 79.2])
+        panel.show_answer(Stats(**FIGURES))
+        panel.show_live(80.4, 12)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_model_picker(snap_compare: Any, server: ServerProcess, loam_home: Path, tmp_path: Path, theme: str) -> None:
+    app = chat_app(tmp_path, theme, host=server.host)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot, lambda app: app.client is not None)
+        await pilot.press("ctrl+l")
+        for _ in range(400):
+            screen = app.screen
+            if (
+                isinstance(screen, ModelPicker)
+                and screen.query("DataTable")
+                and screen.query_one("DataTable").row_count
+            ):
+                break
+            await pilot.pause(0.05)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
