@@ -40,11 +40,15 @@ class ThemedMarkdown(Markdown):
     BLOCKS = {**Markdown.BLOCKS, "fence": ThemedFence, "code_block": ThemedFence}
 
 
-class MessageView(Vertical):
-    """One chat message: who said it, the Markdown body, and for answers a line of figures."""
+class MessageView(Vertical, can_focus=True):
+    """One chat message: who said it, the Markdown body, and for answers a line of figures.
+
+    Messages take focus (Tab), so the copy keys can act on any of them.
+    """
 
     DEFAULT_CSS = """
     MessageView { height: auto; margin: 0 1 1 1; padding: 0 1; }
+    MessageView:focus { background: $boost; }
     MessageView.user { border-left: thick $secondary; background: $boost; }
     MessageView.assistant { border-left: thick $primary; }
     MessageView.error { border-left: thick $error; color: $text-error; }
