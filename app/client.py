@@ -120,6 +120,10 @@ class Client:
             raise _unavailable(self.host) from None
         except httpx.RemoteProtocolError as e:
             raise ServerError(f"the server closed the connection mid-answer ({e}); see its log") from None
+        except httpx.HTTPError as e:
+            raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
+        except ValueError as e:
+            raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Iterator[dict[str, Any]]:
         """An /api/chat reply, chunk by chunk (one whole chunk with stream=False)."""
@@ -181,6 +185,10 @@ class AsyncClient:
             raise _unavailable(self.host) from None
         except httpx.RemoteProtocolError as e:
             raise ServerError(f"the server closed the connection mid-answer ({e}); see its log") from None
+        except httpx.HTTPError as e:
+            raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
+        except ValueError as e:
+            raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> AsyncIterator[dict[str, Any]]:
         return self.stream("/api/chat", chat_body(model, messages, **kw))
@@ -239,11 +247,11 @@ def ensure_server(host: str | None = None, timeout: float = START_TIMEOUT) -> st
         if not is_local(host):
             raise _unavailable(host)
         process = _spawn_server()
-        pid_file(host).parent.mkdir(parents=True, exist_ok=True)
-        config.write_atomic(pid_file(host), f"{process.pid}\n".encode())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if probe.answers():
+                if process.poll() is None:  # ours answers, not one another client started at the same time
+                    config.write_atomic(pid_file(host), f"{process.pid}\n".encode())
                 return host
             if process.poll() is not None and not probe.answers():
                 raise ServerUnavailable(

@@ -132,7 +132,7 @@ def test_escape_stops_an_answer_and_keeps_what_came(server: ServerProcess, loam_
         await until(app, lambda: len(reply.content) > 20)
         await app.pilot.press("escape")  # type: ignore[attr-defined]
         await until(app, lambda: not app.answering)
-        assert reply.content.endswith("*[stopped]*")
+        assert reply.stopped and "[stopped]" not in reply.content
         # The server stopped too: with one slot, this answer would otherwise wait behind 100,000 tokens.
         await say(app, "/set parameter num_predict 4")
         follow = await ask_and_wait(app, "Hi")
@@ -231,3 +231,35 @@ def test_history_seeded_session_opens_with_its_messages(loam_home: Path, tmp_pat
         assert list(app.query("MessageView.assistant").results(MessageView))[0].content == "first answer"
 
     drive(LoamApp(host="127.0.0.1:9", autostart=False, history_path=path, new=True), steps)
+
+
+def test_new_chat_and_clear_while_an_answer_streams(server: ServerProcess, loam_home: Path, tmp_path: Path) -> None:
+    """Changing the chat under a streaming answer stops it first: no crash, nothing stale in the history."""
+
+    async def start_long_answer(app: LoamApp) -> MessageView:
+        await say(app, "/set parameter num_predict 100000")
+        await say(app, "/set parameter temperature 0")
+        await until(app, lambda: app.session is not None and "temperature" in app.session.options)
+        await say(app, "What is the capital of France?")
+        await until(app, lambda: bool(app.query("MessageView.assistant")))
+        reply = list(app.query("MessageView.assistant").results(MessageView))[-1]
+        await until(app, lambda: len(reply.content) > 10)
+        return reply
+
+    async def steps(app: LoamApp) -> None:
+        assert app.history is not None and app.session is not None
+        first = app.session.id
+        await start_long_answer(app)
+        await app.pilot.press("ctrl+n")  # type: ignore[attr-defined]
+        await until(app, lambda: app.session is not None and app.session.id != first and not app.answering)
+        stored = app.history.messages(first)
+        assert [m.role for m in stored] == ["user", "assistant"] and stored[1].content
+        assert app.conversation == [] and not app.query("MessageView.assistant")
+
+        await start_long_answer(app)
+        await say(app, "/clear")
+        await until(app, lambda: not app.answering and not app.query("MessageView.assistant"))
+        await app.pilot.pause(0.2)  # type: ignore[attr-defined]
+        assert app.history.messages(app.session.id) == [] and app.conversation == []
+
+    drive(new_app(server, tmp_path, model=SMOL), steps)

@@ -106,7 +106,11 @@ class Sampler:
             add(self.penalties)
         self.penalized = self.penalties is not None
         if params.grammar:  # before truncation, so a legal token always survives
-            add(grammar_sampler(vocab, params.grammar))
+            try:
+                add(grammar_sampler(vocab, params.grammar))
+            except ValueError:
+                self.close()
+                raise
         if params.temperature <= 0:
             add(llama.llama_sampler_init_greedy())
             return

@@ -8,8 +8,10 @@ worker threads. A server or model error becomes a message in the chat.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import Footer, Static
+from textual.worker import WorkerCancelled, WorkerFailed
 
 from app import config
 from app.ask import default_model
@@ -213,43 +216,44 @@ class LoamApp(App[None]):
             self.answering = False
 
     async def _answer(self, text: str) -> None:
-        assert self.history is not None and self.session is not None
+        history, session = self.require_session()
         log = self.query_one(ChatLog)
         for empty in log.query(".empty"):
             await empty.remove()
-        session_id = self.session.id
         await log.mount(self._view("user", text))
-        await asyncio.to_thread(self.history.add_message, session_id, "user", text)
-        self.session = await asyncio.to_thread(self.history.get, session_id)  # the first message titles it
-        self.update_bar()
         self.conversation.append({"role": "user", "content": text})
         reply = self._view("assistant", "")
-        await log.mount(reply)
-        log.anchor()
         try:
+            await asyncio.to_thread(history.add_message, session.id, "user", text)
+            self.session = await asyncio.to_thread(history.get, session.id)  # the first message titles it
+            self.update_bar()
+            await log.mount(reply)
+            log.anchor()
             final = await self._stream_into(reply)
         except asyncio.CancelledError:
             self.query_one(StatsPanel).end_live()
-            await reply.finish(suffix="\n\n*[stopped]*")
-            await self._keep_answer(session_id, reply.content, None)
+            await reply.finish(stopped=True)
+            await self._keep_answer(session.id, reply.content, None)
             raise
-        except (LoamError, httpx.HTTPError) as e:
+        except (LoamError, httpx.HTTPError, sqlite3.Error) as e:
             self.query_one(StatsPanel).end_live()
             await reply.remove()
             await self.post_note(str(e) or type(e).__name__, "error")
-            self.conversation.pop()
             return
         stats = Stats.from_response(final) if final else None
         await reply.finish(stats.to_dict() if stats else None)
         if stats:
             self.query_one(StatsPanel).show_answer(stats)
-        await self._keep_answer(session_id, reply.content, stats.to_dict() if stats else None)
+        await self._keep_answer(session.id, reply.content, stats.to_dict() if stats else None)
 
     async def _keep_answer(self, session_id: int, content: str, stats: dict[str, Any] | None) -> None:
-        assert self.history is not None
         if session_id == (self.session.id if self.session else None):
             self.conversation.append({"role": "assistant", "content": content})
-        await asyncio.to_thread(self.history.add_message, session_id, "assistant", content, stats)
+        if self.history is not None and content:
+            try:
+                await asyncio.to_thread(self.history.add_message, session_id, "assistant", content, stats)
+            except (LoamError, sqlite3.Error) as e:
+                self.notify(f"the answer was not saved: {e}", severity="error")
 
     async def _stream_into(self, reply: MessageView) -> dict[str, Any] | None:
         """Copy the server's chunks into `reply`; a missing model is pulled first, with its progress shown."""
@@ -300,6 +304,18 @@ class LoamApp(App[None]):
         if self.answering:
             self.workers.cancel_group(self, "answer")
 
+    async def stop_answer(self) -> None:
+        """Stop a streaming answer and wait until it has been put away, before the chat is changed under it."""
+        for worker in self.workers.cancel_group(self, "answer"):
+            with suppress(WorkerCancelled, WorkerFailed):
+                await worker.wait()
+
+    def require_session(self) -> tuple[History, Session]:
+        """The open history and session, or a LoamError when the history could not be opened."""
+        if self.history is None or self.session is None:
+            raise LoamError("the chat history is not open; see the error above")
+        return self.history, self.session
+
     # -- slash commands -------------------------------------------------------
 
     async def run_command(self, command: slash.Command) -> None:
@@ -307,12 +323,12 @@ class LoamApp(App[None]):
 
         try:
             await execute(self, command)
-        except LoamError as e:
-            await self.post_note(str(e), "error")
+        except (LoamError, httpx.HTTPError) as e:
+            await self.post_note(str(e) or type(e).__name__, "error")
 
     async def update_session(self, **fields: Any) -> None:
-        assert self.history is not None and self.session is not None
-        self.session = await asyncio.to_thread(self.history.update, self.session.id, **fields)
+        history, session = self.require_session()
+        self.session = await asyncio.to_thread(history.update, session.id, **fields)
         self.model = self.session.model
         self.update_bar()
 
@@ -321,7 +337,7 @@ class LoamApp(App[None]):
     async def action_new_chat(self) -> None:
         if self.history is None:
             return
-        self.workers.cancel_group(self, "answer")
+        await self.stop_answer()
         session = await asyncio.to_thread(self.history.create, self.model or default_model())
         await self.open_session(session)
 
@@ -331,7 +347,7 @@ class LoamApp(App[None]):
 
         async def chosen(session_id: int | None) -> None:
             if session_id is not None and self.history is not None:
-                self.workers.cancel_group(self, "answer")
+                await self.stop_answer()
                 await self.open_session(await asyncio.to_thread(self.history.get, session_id))
 
         self.push_screen(SessionsScreen(self.history, self.session.id if self.session else None), chosen)
@@ -396,14 +412,18 @@ class LoamApp(App[None]):
         self.copy_to_clipboard(blocks[-1])
         self.notify("copied the code block")
 
-    @work(group="export")
+    @work(group="export", exit_on_error=False)
     async def action_export(self) -> None:
         if self.history is None or self.session is None:
             return
         session = self.session
-        messages = await asyncio.to_thread(self.history.messages, session.id)
-        path = Path.cwd() / f"loam-chat-{session.id}.md"
-        await asyncio.to_thread(config.write_atomic, path, export_markdown(session, messages).encode())
+        try:
+            messages = await asyncio.to_thread(self.history.messages, session.id)
+            path = Path.cwd() / f"loam-chat-{session.id}.md"
+            await asyncio.to_thread(config.write_atomic, path, export_markdown(session, messages).encode())
+        except (OSError, LoamError, sqlite3.Error) as e:
+            self.notify(f"export failed: {e}", severity="error")
+            return
         self.notify(f"exported to {path}")
 
     def action_delete_model(self) -> None:
@@ -416,8 +436,8 @@ class LoamApp(App[None]):
                 try:
                     await client.delete(name)
                     self.notify(f"deleted {name}")
-                except LoamError as e:
-                    await self.post_note(str(e), "error")
+                except (LoamError, httpx.HTTPError) as e:
+                    await self.post_note(str(e) or type(e).__name__, "error")
 
         self.push_screen(ConfirmScreen(f"Delete {name} from the store?"), confirmed)
 
@@ -439,7 +459,13 @@ class LoamApp(App[None]):
         self._apply_pygments(theme)
         if theme.name != saved_theme_name(self.user_config):
             self.user_config["theme"] = theme.name
-            self.run_worker(lambda: save_theme(theme.name), thread=True, group="config")
+            self.run_worker(lambda: self._save_theme(theme.name), thread=True, group="config")
+
+    def _save_theme(self, name: str) -> None:
+        try:
+            save_theme(name)
+        except (OSError, LoamError) as e:
+            self.call_from_thread(self.notify, f"the theme was not saved: {e}", severity="error")
 
     async def on_unmount(self) -> None:
         if self.client is not None:

@@ -64,6 +64,7 @@ class MessageView(Vertical, can_focus=True):
         self.author = author
         self.content = content
         self.stats = stats
+        self.stopped = False
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
@@ -89,14 +90,19 @@ class MessageView(Vertical, can_focus=True):
             self._stream = Markdown.get_stream(self.query_one(ThemedMarkdown))
         await self._stream.write(text)
 
-    async def finish(self, stats: dict[str, Any] | None = None, suffix: str = "") -> None:
-        """End streaming with one full render of the whole text, and show the figures."""
+    async def finish(self, stats: dict[str, Any] | None = None, stopped: bool = False) -> None:
+        """End streaming with one full render of the whole text, and show the figures.
+
+        A stopped answer is marked on screen only; `content` stays what the model wrote.
+        """
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        self.content += suffix
+        if not self.is_attached:  # the chat was cleared or switched while this answer streamed
+            return
+        self.stopped = stopped
         if self.role not in ("error", "note"):
-            await self.query_one(ThemedMarkdown).update(self.content)
+            await self.query_one(ThemedMarkdown).update(self.content + ("\n\n*[stopped]*" if stopped else ""))
         self.stats = stats
         figures = self.query_one(".figures", Static)
         figures.update(self._figures_text())

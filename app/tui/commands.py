@@ -28,15 +28,15 @@ async def _execute(command: object, app: LoamApp) -> None:  # pragma: no cover -
 
 @_execute.register(slash.SetParameter)
 async def _(command: slash.SetParameter, app: LoamApp) -> None:
-    assert app.session is not None
-    await app.update_session(options={**app.session.options, command.name: command.value})
+    _, session = app.require_session()
+    await app.update_session(options={**session.options, command.name: command.value})
     await app.post_note(f"Set parameter '{command.name}' to '{command.value}'")
 
 
 @_execute.register(slash.UnsetParameter)
 async def _(command: slash.UnsetParameter, app: LoamApp) -> None:
-    assert app.session is not None
-    options = {k: v for k, v in app.session.options.items() if k != command.name}
+    _, session = app.require_session()
+    options = {k: v for k, v in session.options.items() if k != command.name}
     await app.update_session(options=options)
     await app.post_note(f"Unset parameter '{command.name}'")
 
@@ -93,9 +93,9 @@ async def _(command: slash.Save, app: LoamApp) -> None:
 
 @_execute.register(slash.Clear)
 async def _(command: slash.Clear, app: LoamApp) -> None:
-    assert app.history is not None and app.session is not None
-    app.workers.cancel_group(app, "answer")
-    await asyncio.to_thread(app.history.clear, app.session.id)
+    history, session = app.require_session()
+    await app.stop_answer()
+    await asyncio.to_thread(history.clear, session.id)
     app.conversation.clear()
     await app.query_one(ChatLog).remove_children()
     await app.post_note("Cleared session context")
