@@ -52,6 +52,17 @@ def _error_of(response: httpx.Response, body: bytes) -> ServerError:
     return ServerError(str(message).strip(), response.status_code)
 
 
+def _stream_failure(error: Exception, host: str) -> LoamError:
+    """The one-line error for a stream that broke: no server, a dropped connection, or a line that is not JSON."""
+    if isinstance(error, httpx.ConnectError):
+        return _unavailable(host)
+    if isinstance(error, httpx.RemoteProtocolError):
+        return ServerError(f"the server closed the connection mid-answer ({error}); see its log")
+    if isinstance(error, httpx.HTTPError):
+        return ServerError(f"talking to the server at {host} failed: {error or type(error).__name__}")
+    return ServerError(f"the server at {host} sent a line that is not JSON: {error}")
+
+
 def _chunk(line: str) -> dict[str, Any] | None:
     """One NDJSON line as a dict; an `error` line raises, as Ollama's clients do."""
     if not line.strip():
@@ -116,14 +127,8 @@ class Client:
                     item = _chunk(line)
                     if item is not None:
                         yield item
-        except httpx.ConnectError:
-            raise _unavailable(self.host) from None
-        except httpx.RemoteProtocolError as e:
-            raise ServerError(f"the server closed the connection mid-answer ({e}); see its log") from None
-        except httpx.HTTPError as e:
-            raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
-        except ValueError as e:
-            raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
+        except (httpx.HTTPError, ValueError) as e:
+            raise _stream_failure(e, self.host) from None
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Iterator[dict[str, Any]]:
         """An /api/chat reply, chunk by chunk (one whole chunk with stream=False)."""
@@ -181,14 +186,8 @@ class AsyncClient:
                     item = _chunk(line)
                     if item is not None:
                         yield item
-        except httpx.ConnectError:
-            raise _unavailable(self.host) from None
-        except httpx.RemoteProtocolError as e:
-            raise ServerError(f"the server closed the connection mid-answer ({e}); see its log") from None
-        except httpx.HTTPError as e:
-            raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
-        except ValueError as e:
-            raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
+        except (httpx.HTTPError, ValueError) as e:
+            raise _stream_failure(e, self.host) from None
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> AsyncIterator[dict[str, Any]]:
         return self.stream("/api/chat", chat_body(model, messages, **kw))

@@ -133,7 +133,7 @@ class Generator:
             return Done("unload", total=time.perf_counter() - call.started)
         loaded = await self._acquire(call)
         self.scheduler.release(loaded)
-        return Done("load", total=time.perf_counter() - call.started, load=self._load_time(loaded, call))
+        return Done("load", total=time.perf_counter() - call.started, load=self._load_time(call))
 
     async def chat(
         self, call: Call, messages: list[dict[str, Any]], tools: list[Any] | None = None
@@ -195,7 +195,7 @@ class Generator:
                     raise
                 vectors.append(result["embedding"])
                 count += int(result.get("tokens_evaluated", 0))
-            done = Done("stop", total=time.perf_counter() - call.started, load=self._load_time(loaded, call))
+            done = Done("stop", total=time.perf_counter() - call.started, load=self._load_time(call))
             return vectors, count, done
         finally:
             self.scheduler.release(loaded)
@@ -233,7 +233,7 @@ class Generator:
         return Done(
             reason="length" if final.get("stop_type") == "limit" else "stop",
             total=time.perf_counter() - call.started,
-            load=self._load_time(loaded, call),
+            load=self._load_time(call),
             prompt_eval_count=int(t.get("prompt_n", 0)),
             prompt_tokens=int(final.get("tokens_evaluated", 0)),
             prompt_eval=float(t.get("prompt_ms", 0.0)) / 1000,
@@ -243,7 +243,7 @@ class Generator:
         )
 
     @staticmethod
-    def _load_time(loaded: Loaded, call: Call) -> float:
+    def _load_time(call: Call) -> float:
         """This request's wait for a runner: the load when it needed one, else the scheduler's few milliseconds."""
         return max(0.0, (call.acquired or call.started) - call.started)
 
