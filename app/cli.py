@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from app import __version__
 from app.errors import LoamError
@@ -15,6 +15,8 @@ from app.errors import LoamError
 if TYPE_CHECKING:
     from app.store.catalog import Catalog
     from app.store.store import ModelDetails, Store
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", cmd_run, "Answer once like ask when given a prompt or piped input, else open the chat")
     p.add_argument("model", help="the model to run")
-    p.add_argument("prompt", nargs="*", help="a question to answer once")
+    p.add_argument("prompt", nargs="*", help="optional: a question to answer once; without one the chat opens")
     _answer_flags(p)
 
     p = command("pull", cmd_pull, "Download a model into the store")
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cp", cmd_cp, "Copy a model under a new name (blobs are shared)")
     p.add_argument("source")
     p.add_argument("destination")
+    p.add_argument("--force", action="store_true", help="replace DESTINATION if a model has that name already")
     return parser
 
 
@@ -256,9 +259,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from app.client import Client
+    from app.client import Client, ServerError
 
-    Client().stop(args.name)
+    client = Client()
+    try:
+        client.stop(args.name)
+    except ServerError as e:
+        if e.status != 404:
+            raise
+        loaded = [m["name"] for m in client.ps()]
+        raise ServerError(f"{e}{_did_you_mean(args.name, loaded + _stored_names())}", e.status) from None
     return 0
 
 
@@ -273,7 +283,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored_names() -> list[str]:
+    return [m.name.display for m in _store().list()]
+
+
+def _did_you_mean(text: str, names: Sequence[str]) -> str:
+    """ " (did you mean X?)" for a near miss among `names`, else ""."""
+    import difflib
+
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(text.lower(), list(lowered), n=1, cutoff=0.6)
+    if not close and ":" not in text:  # `smollm2` for `smollm2:135m`: the same model under its tags
+        close = [n for n in lowered if n.split(":")[0].split("/")[-1] == text.lower()][:1]
+    return f" (did you mean {lowered[close[0]]}?)" if close else ""
+
+
+def _suggesting(name: str, work: Callable[[], T]) -> T:
+    """Run `work`; a model that is not there gets a did-you-mean hint from the store's names."""
+    from app.errors import ModelNotFound
+
+    try:
+        return work()
+    except ModelNotFound as e:
+        raise ModelNotFound(f"{e}{_did_you_mean(name, _stored_names())}") from None
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    return _suggesting(args.name, lambda: _show(args))
+
+
+def _show(args: argparse.Namespace) -> int:
     from app.store.create import modelfile_text
     from app.store.names import ModelName
 
@@ -295,8 +334,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     store = _store()
     names = [ModelName.parse(n) for n in args.names]
-    for name in names:
-        store.remove(name)
+    for text, name in zip(args.names, names, strict=True):
+        _suggesting(text, lambda name=name: store.remove(name))
         print(f"deleted '{name.display}'")
     return 0
 
@@ -305,7 +344,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
     from app.store.names import ModelName
 
     source, target = ModelName.parse(args.source), ModelName.parse(args.destination)
-    _store().copy(source, target)
+    store = _store()
+    if not args.force and target.manifest_path(store.root).is_file():
+        raise LoamError(f"a model named '{target.display}' exists already; pass --force to replace it")
+    _suggesting(args.source, lambda: store.copy(source, target))
     print(f"copied '{source.display}' to '{target.display}'")
     return 0
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import platformdirs
 import tomli_w
@@ -102,9 +102,10 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
 
 
 def save_config(data: dict[str, Any], path: Path | None = None) -> None:
-    """Write config.toml atomically, so a crash never leaves half a file."""
+    """Write config.toml atomically and privately (0600), so a crash never leaves half a file."""
     path = path or paths().config_file
-    write_atomic(path, tomli_w.dumps(data).encode())
+    private_dir(path.parent)
+    write_atomic(path, tomli_w.dumps(data).encode(), mode=PRIVATE_FILE_MODE)
 
 
 def default_model(catalog_default: str) -> str:
@@ -132,19 +133,38 @@ def _umask() -> int:
 
 #: Mode for files loam makes: what open() would give, so another user's Ollama can read the store.
 FILE_MODE = 0o666 & ~_umask()
+#: Modes for what is the user's alone: chat history, config.toml, the server's and runners' logs.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 
 
-def temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
-    """mkstemp in `folder`, but with the usual file mode instead of mkstemp's 0600."""
+def private_dir(path: Path) -> Path:
+    """Make `path` (and missing parents) and keep the folder itself 0700: its contents are nobody else's."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    if path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log for appending, created 0600 in a 0700 folder; an existing log is made 0600 too."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    os.fchmod(fd, PRIVATE_FILE_MODE)
+    return os.fdopen(fd, "ab")
+
+
+def temp_file(folder: Path, prefix: str, suffix: str = "", mode: int | None = None) -> tuple[int, str]:
+    """mkstemp in `folder`, with the usual file mode (or `mode`) instead of mkstemp's 0600."""
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-    os.fchmod(fd, FILE_MODE)
+    os.fchmod(fd, FILE_MODE if mode is None else mode)
     return fd, name
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file beside `path`, fsync, then rename over it."""
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write bytes to a temp file beside `path`, fsync, then rename over it (with `mode` if given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
+    fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp", mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,24 @@ def test_broken_config_names_the_file(loam_home: Path) -> None:
 def test_shipped_files_are_found() -> None:
     assert config.shipped_file("models.toml").is_file()
     assert (config.shipped_file("themes") / "loam-dark.toml").is_file()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_config_and_logs_are_private_while_the_store_stays_shareable(loam_home: Path) -> None:
+    config.save_config({"default_model": "tiny:1"})
+    assert _mode(config.paths().config_file) == 0o600
+    assert _mode(config.paths().config) == 0o700
+    log = config.paths().logs / "server.log"
+    with config.open_private_log(log) as f:
+        f.write(b"line\n")
+    log.chmod(0o644)  # an older loam's log is tightened when opened again
+    with config.open_private_log(log) as f:
+        f.write(b"more\n")
+    assert _mode(log) == 0o600 and _mode(log.parent) == 0o700
+    assert log.read_bytes() == b"line\nmore\n"
+    fd, name = config.temp_file(loam_home, "blob")
+    os.close(fd)
+    assert _mode(Path(name)) == config.FILE_MODE and config.FILE_MODE & 0o044  # store files: others may read

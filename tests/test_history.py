@@ -256,3 +256,11 @@ def test_export_markdown_without_system_or_stats() -> None:
     assert ">" not in text
     assert "tokens/s" not in text
     assert "*3 tokens*" in text
+
+
+def test_the_history_is_private(loam_home: Path) -> None:
+    with History() as h:
+        h.add_message(h.create("m").id, "user", "a secret")
+        files = [p for p in default_path().parent.iterdir() if p.name.startswith("chats.sqlite3")]
+        assert len(files) >= 2  # the database and its write-ahead log
+        assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}

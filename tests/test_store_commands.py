@@ -173,3 +173,30 @@ def test_installed_console_script_finds_the_shipped_catalog(loam_home: Path) -> 
     )
     assert result.returncode == 1
     assert "did you mean" in result.stderr and "gemma3:270m" in result.stderr
+
+
+def test_cp_onto_an_existing_name_needs_force(loam_home: Path, models_dir: Path, tiny_gguf: Path) -> None:
+    assert run_loam("pull", "a:1", "--from", str(tiny_gguf)).returncode == 0
+    assert run_loam("cp", "a:1", "b:1").returncode == 0
+    target = models_dir / "manifests/registry.ollama.ai/library/b/1"
+    before = target.read_bytes()
+    refused = run_loam("cp", "a:1", "b:1")
+    assert refused.returncode == 1 and "pass --force" in refused.stderr
+    assert target.read_bytes() == before
+    assert run_loam("cp", "--force", "a:1", "b:1").returncode == 0
+
+
+@pytest.mark.parametrize("args", [["show", "smolm:1"], ["rm", "smolm:1"], ["cp", "smolm:1", "x:1"], ["show", "smol"]])
+def test_near_misses_suggest_the_stored_name(
+    loam_home: Path, models_dir: Path, tiny_gguf: Path, args: list[str]
+) -> None:
+    assert run_loam("pull", "smol:1", "--from", str(tiny_gguf)).returncode == 0
+    result = run_loam(*args)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("(did you mean smol:1?)")
+    assert (models_dir / "manifests/registry.ollama.ai/library/smol/1").is_file()
+
+
+def test_run_help_says_the_prompt_is_optional(loam_home: Path) -> None:
+    assert "optional" in run_loam("run", "--help").stdout

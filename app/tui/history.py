@@ -10,6 +10,7 @@ one call at a time, behind a lock.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -89,6 +90,21 @@ def default_path() -> Path:
     return config.paths().data / "chats.sqlite3"
 
 
+def _create_private(path: Path) -> None:
+    """Create the history 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+
+    Its folder is left alone: by default it also holds the model store, which stays shareable.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, config.PRIVATE_FILE_MODE)
+    except OSError as exc:
+        raise HistoryError(f"cannot open chat history {path}: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, config.PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def title_from(content: str) -> str | None:
     """A session title from a first user message: its first non-blank line, cut to fit."""
     line = next((ln.strip() for ln in content.splitlines() if ln.strip()), "")
@@ -129,6 +145,7 @@ class History:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self._lock = threading.Lock()
         self._last_stamp = 0.0
         self.db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
