@@ -260,3 +260,27 @@ def test_an_unsupported_architecture(tmp_path: Path) -> None:
 def test_a_context_that_does_not_fit_in_memory(tmp_path: Path, tiny_gguf: Path) -> None:
     report = run_failing(tmp_path, "--model", str(tiny_gguf), "--ctx-size", "400000000")
     assert report["kind"] == "oom" and "not enough memory" in report["error"]
+
+
+def test_json_replies_that_finish_always_parse(tiny_runner: RunnerProcess) -> None:
+    """Random weights at temperature 1 pick control characters too; the grammar must keep them out of strings."""
+    finished = 0
+    for seed in range(20):
+        reply = tiny_runner.complete(
+            prompt="a", json_schema={"type": "object"}, temperature=1.0, seed=seed, n_predict=96, cache_prompt=False
+        )
+        if reply["stop_type"] == "limit":
+            continue
+        finished += 1
+        assert isinstance(json.loads(reply["content"]), dict), reply["content"]
+    assert finished > 0
+
+
+def test_a_reply_cut_mid_character_drops_the_unfinished_bytes(tiny_runner: RunnerProcess) -> None:
+    """The tiny vocabulary spells Korean only in byte tokens: one token is a third of a character."""
+    one = tiny_runner.complete(prompt="a", grammar='root ::= "한국"', n_predict=1, temperature=0)
+    assert one["stop_type"] == "limit" and one["content"] == ""
+    four = tiny_runner.complete(prompt="a", grammar='root ::= "한국"', n_predict=4, temperature=0)
+    assert four["content"] == "한"
+    whole = tiny_runner.complete(prompt="a", grammar='root ::= "한국"', n_predict=6, temperature=0)
+    assert whole["content"] == "한국"

@@ -24,11 +24,17 @@ def test_a_character_split_across_tokens_is_sent_whole() -> None:
     assert all("\ufffd" not in part for part in out)
 
 
-def test_invalid_bytes_become_one_replacement_at_the_end() -> None:
+def test_an_unfinished_character_at_the_end_is_dropped() -> None:
     stream = TextStream([])
     assert stream.feed(b"ok") == "ok"
     assert stream.feed(b"\xe2\x82") == ""
-    assert stream.flush() == "\ufffd"
+    assert stream.flush() == ""
+
+
+def test_invalid_bytes_mid_reply_become_a_replacement() -> None:
+    stream = TextStream([])
+    assert stream.feed(b"a\xffb") == "a\ufffdb"
+    assert stream.flush() == ""
 
 
 def test_text_that_may_start_a_stop_string_is_held() -> None:

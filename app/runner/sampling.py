@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -68,9 +69,16 @@ def schema_grammar(schema: Any) -> str:
     if not isinstance(schema, (dict, bool)):
         raise ValueError("json_schema must be a JSON Schema object")
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # noqa: BLE001 - the converter raises bare Exceptions for schemas it cannot express
         raise ValueError(f"json_schema is not usable: {e}") from None
+    return _STRING_CHAR.sub(lambda m: m.group(1) + JSON_CHAR, grammar)
+
+
+#: A character inside a JSON string: anything but a quote, a backslash or a control character, or an escape.
+#: The converter's own rule lets raw U+0000-U+001F through, which json.loads rejects.
+JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+_STRING_CHAR = re.compile(r'^(char ::= )\[\^"\\\\\] \| .*$', re.M)
 
 
 def grammar_sampler(vocab: llama.llama_vocab_p, grammar: str) -> llama.llama_sampler_p:

@@ -1,7 +1,8 @@
 """Turning sampled token bytes into text that is safe to send.
 
-A character split across tokens is held until it is whole, and text that could
-be the start of a stop string is held until it is known not to be one.
+A character split across tokens is held until it is whole (and dropped if the
+reply ends before it is), and text that could be the start of a stop string is
+held until it is known not to be one.
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ class TextStream:
         return out
 
     def flush(self) -> str:
-        """Everything still held, at the end of generation."""
-        out = self._held + self._decoder.decode(b"", final=True)
+        """Everything still held, at the end of generation.
+
+        The bytes of a character the last token left unfinished (a reply cut by
+        n_predict mid-character) are dropped, not sent as U+FFFD.
+        """
+        out = self._held
         self._held = ""
+        self._decoder.reset()
         return out
 
     def _partial_stop_length(self) -> int:
