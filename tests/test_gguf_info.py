@@ -57,5 +57,5 @@ def test_truncated_tensor_data(tmp_path: Path, tiny_gguf: Path) -> None:
 def test_truncated_header(tmp_path: Path, tiny_gguf: Path) -> None:
     path = tmp_path / "cut.gguf"
     path.write_bytes(tiny_gguf.read_bytes()[:3000])
-    with pytest.raises(BadModelFile, match="not a readable GGUF"):
+    with pytest.raises(BadModelFile, match="not a valid GGUF"):
         inspect(path)

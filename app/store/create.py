@@ -7,14 +7,15 @@ digest, never copied; a quantized model is written straight into `blobs/`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.errors import InvalidName, LoamError, ModelfileError, QuantizeError
+from app.errors import BadModelFile, InvalidName, LoamError, ModelfileError, QuantizeError
 from app.store.blobs import BlobRef, hash_file, short_digest
 from app.store.catalog import Catalog
-from app.store.gguf_info import GGUFInfo, inspect
+from app.store.gguf_info import GGUFInfo, inspect, open_regular
 from app.store.manifest import MEDIA_MODEL, StoredManifest
 from app.store.modelfile import Modelfile, parse, render
 from app.store.names import ModelName
@@ -26,6 +27,8 @@ from app.store.store import Store, check_model_file
 
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 _PATH_SUFFIXES = (".gguf", ".bin")
+#: A Modelfile is a recipe, not a model: anything bigger is a mistaken -f (a GGUF, /dev/zero).
+MAX_MODELFILE_BYTES = 16 << 20
 
 
 @dataclass
@@ -57,6 +60,7 @@ def create(
 ) -> StoredManifest:
     """Build `name` from `modelfile` (paths in it are relative to `folder`) and store it."""
     qtype = quant_type(quantize_to) if quantize_to else None
+    _check_template(modelfile)
     for warning in modelfile.warnings:
         progress(ProgressEvent(f"warning: {warning}"))
     progress(ProgressEvent("gathering model components"))
@@ -154,24 +158,61 @@ def _resolve_base(
     )
 
 
+def _check_template(mf: Modelfile) -> None:
+    """Refuse a TEMPLATE that does not parse as a Go template, naming its line, before anything is stored.
+
+    The parser lives with the server that renders prompts; it is imported here,
+    lazily, so a bad template fails `create` rather than the first chat.
+    """
+    if not mf.template:
+        return
+    from app.server import gotemplate  # upward import, kept lazy: the store layer does not load the server
+
+    check = getattr(gotemplate, "check_template", None) or gotemplate.parse
+    try:
+        check(mf.template)
+    except gotemplate.TemplateError as e:
+        raise mf.error(mf.template_line, f"TEMPLATE does not parse: {e}") from None
+
+
 def _as_path(text: str, folder: Path) -> Path | None:
     """The file FROM/ADAPTER names, when the text is a path rather than a model name."""
     looks_like_path = text.startswith(_PATH_PREFIXES) or text.lower().endswith(_PATH_SUFFIXES)
-    candidate = (folder / Path(text).expanduser()).resolve() if not text.startswith("/") else Path(text)
-    if looks_like_path or candidate.exists():
+    if "\0" in text:
+        return Path(text) if looks_like_path else None
+    try:
+        candidate = (folder / Path(text).expanduser()).resolve() if not text.startswith("/") else Path(text)
+        exists = candidate.exists()
+    except (OSError, RuntimeError, ValueError):  # a name too long to stat, a symlink loop, ~user unknown
+        return Path(text)
+    if looks_like_path or exists:
         return candidate
     return None
 
 
 def _check_file(mf: Modelfile, line: int, keyword: str, text: str, path: Path) -> None:
-    if not path.exists():
-        raise mf.error(line, f"{keyword} {text}: no such file ({path}); give a path to a .gguf file")
+    """A regular file at `path`, or a one-line ModelfileError: checked without opening
+    anything that could block (a FIFO) or never end (/dev/zero)."""
+    shown = text if len(text) <= 200 else text[:100] + "..." + text[-60:]
+    if "\0" in text:
+        raise mf.error(line, f"{keyword} {shown!r} contains a NUL byte; give a path to a .gguf file")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise mf.error(line, f"{keyword} {shown}: no such file ({path}); give a path to a .gguf file") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise mf.error(line, f"{keyword} {shown}: cannot read it ({reason}); give a path to a .gguf file") from None
     if path.is_dir():
         raise mf.error(
             line,
-            f"{keyword} {text} is a directory; loam builds from one GGUF file "
+            f"{keyword} {shown} is a directory; loam builds from one GGUF file "
             "(convert safetensors with llama.cpp's convert_hf_to_gguf.py first)",
         )
+    try:
+        os.close(open_regular(path))
+    except BadModelFile as e:
+        raise mf.error(line, f"{keyword}: {e}") from None
 
 
 def _inspect(mf: Modelfile, line: int, keyword: str, path: Path) -> GGUFInfo:
@@ -235,11 +276,28 @@ def _quantized_blob(
 
 
 def load(path: Path) -> Modelfile:
-    """Read and parse a Modelfile; ModelfileError when it cannot be read or parsed."""
+    """Read and parse a Modelfile; ModelfileError when it cannot be read or parsed.
+
+    Only a regular file of at most MAX_MODELFILE_BYTES is read, so `-f` naming a
+    FIFO, a device or a model file fails at once instead of hanging or filling memory.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelfileError(f"{path}: no such Modelfile; pass its path with -f") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelfileError(f"{path}: cannot read the Modelfile ({e})") from None
+        fd = open_regular(path)
+    except BadModelFile as e:
+        if "\0" not in str(path) and not os.path.lexists(path):
+            raise ModelfileError(f"{path}: no such Modelfile; pass its path with -f") from None
+        raise ModelfileError(f"{e}; pass a Modelfile with -f") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_MODELFILE_BYTES + 1)
+    except OSError as e:
+        raise ModelfileError(f"{path}: cannot read the Modelfile ({e.strerror or e})") from None
+    if len(data) > MAX_MODELFILE_BYTES:
+        raise ModelfileError(
+            f"{path}: over {MAX_MODELFILE_BYTES >> 20} MiB, too big to be a Modelfile; pass one with -f"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelfileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a Modelfile?") from None
     return parse(text, str(path))

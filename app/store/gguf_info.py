@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,16 @@ from typing import Any
 from app.errors import BadModelFile
 
 GGUF_MAGIC = b"GGUF"
+_VERSIONS = (2, 3)
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_INT_TYPES = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+_STRING, _ARRAY = 8, 9
+_MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value
+_MIN_TENSOR_INFO = 8 + 4 + 4 + 8  # name length, dimension count, type, offset
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_NAME = 64  # GGML_MAX_NAME, counting the NUL llama.cpp stores
+_MAX_NESTING = 8  # arrays of arrays deeper than this are refused, never recursed into
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -63,39 +75,62 @@ def human_count(n: int) -> str:
 
 
 def is_gguf(path: Path) -> bool:
-    """Whether the file starts with the GGUF magic."""
+    """Whether the path is a regular file that starts with the GGUF magic."""
     try:
-        with path.open("rb") as f:
-            return f.read(4) == GGUF_MAGIC
+        fd = open_regular(path)
+    except BadModelFile:
+        return False
+    try:
+        return os.pread(fd, 4, 0) == GGUF_MAGIC
     except OSError:
         return False
+    finally:
+        os.close(fd)
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor for `path` when it is a regular file, else BadModelFile.
+
+    Opened without blocking, so a FIFO cannot stall the open, and refused unless
+    fstat says regular file: a FIFO, /dev/zero or a directory would never end or
+    never start. Local sources (`pull --from PATH`, FROM) should check with this.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except ValueError:
+        raise BadModelFile(f"{str(path)[:200]!r} is not a usable path (it contains a NUL byte)") from None
+    except OSError as e:
+        raise BadModelFile(f"cannot read {_short(path)}: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        os.close(fd)
+        raise BadModelFile(f"cannot read {_short(path)}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise BadModelFile(f"{_short(path)} is {what}; give the path of a .gguf file")
+    return fd
 
 
 def inspect(path: Path) -> GGUFInfo:
-    """Read a GGUF's metadata; BadModelFile if it is not one or is cut short."""
-    if not is_gguf(path):
-        raise BadModelFile(f"{path.name} is not a GGUF model file (no GGUF magic); give a .gguf file")
-    size = path.stat().st_size
-    try:
-        header = read_header(path)
-    except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as e:
-        raise BadModelFile(f"{path.name} is not a readable GGUF file ({e}); download it again") from e
-    if header.data_end > size:
-        raise BadModelFile(f"{path.name} is a truncated GGUF: {size} of {header.data_end} bytes; download it again")
+    """Read a GGUF's metadata; BadModelFile (one line) if it is not a whole, well-formed model GGUF."""
+    header = read_header(path)
+    name = path.name[:200]
     fields = header.fields
-    arch = _str(fields.get("general.architecture"))
+    arch = _str(fields, "general.architecture", name)
     if not arch:
-        raise BadModelFile(f"{path.name} has no general.architecture; it is not a model GGUF")
+        raise BadModelFile(f"{name} has no general.architecture; it is not a model GGUF")
     return GGUFInfo(
         architecture=arch,
         parameter_count=sum(t.n_elements for t in header.tensors),
-        file_type=_file_type(fields.get("general.file_type"), header.tensors),
-        context_length=_int(fields.get(f"{arch}.context_length")),
-        embedding_length=_int(fields.get(f"{arch}.embedding_length")),
-        block_count=_int(fields.get(f"{arch}.block_count")),
-        name=_str(fields.get("general.name")),
-        chat_template=_str(fields.get("tokenizer.chat_template")),
-        kind=_str(fields.get("general.type")),
+        file_type=_file_type(_int(fields, "general.file_type", name), header.tensors),
+        context_length=_int(fields, f"{arch}.context_length", name),
+        embedding_length=_int(fields, f"{arch}.embedding_length", name),
+        block_count=_int(fields, f"{arch}.block_count", name),
+        name=_str(fields, "general.name", name),
+        chat_template=_str(fields, "tokenizer.chat_template", name),
+        kind=_str(fields, "general.type", name),
     )
 
 
@@ -109,99 +144,180 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class Array:
+    """A metadata array, skipped rather than read: its element type and length."""
+
+    etype: int
+    count: int
+
+
+@dataclass(frozen=True)
 class Header:
-    """A GGUF header: scalar and string metadata (arrays skipped), tensor infos, where data ends."""
+    """A GGUF header: scalar and string metadata (arrays as `Array`), tensor infos, where data ends."""
 
     version: int
     fields: dict[str, Any]
+    types: dict[str, int]
     tensors: list[TensorInfo]
     data_offset: int
     data_end: int
 
 
-def read_header(path: Path) -> Header:
-    """Walk a GGUF header without materializing its arrays.
+class _Invalid(Exception):
+    """A header that breaks the GGUF format; the message says how."""
 
-    gguf's GGUFReader builds an object per vocabulary entry, seconds for a real
-    model; this reads only what loam needs, with gguf's type tables.
+
+def read_header(path: Path) -> Header:
+    """Walk a GGUF header without materializing its arrays, checking every count and
+    length against the bytes that remain before using it.
+
+    gguf's GGUFReader builds an object per vocabulary entry (seconds for a real
+    model) and trusts what the header says; this reads only what loam needs and
+    raises BadModelFile, one line, for anything malformed: bad magic, unknown
+    version or type, counts the file cannot hold, truncation, tensors that
+    overlap or lie past the end.
     """
+    name = path.name[:200]
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if os.pread(fd, 4, 0) != GGUF_MAGIC:
+            raise BadModelFile(f"{name} is not a GGUF model file (no GGUF magic); give a .gguf file")
+        try:
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+                header = _parse(buf)
+        except _Invalid as e:
+            raise BadModelFile(f"{name} is not a valid GGUF: {e}") from None
+        except (OSError, ValueError, OverflowError, struct.error) as e:  # mmap of a file shrinking under us
+            raise BadModelFile(f"{name} is not a valid GGUF: cannot read its header ({e})") from None
+    finally:
+        os.close(fd)
+    if header.data_end > size:
+        raise BadModelFile(
+            f"{name} is a truncated GGUF: {size} of {header.data_end} bytes; "
+            "its tensors end past the end of the file (download it again)"
+        )
+    return header
+
+
+def _parse(buf: mmap.mmap) -> Header:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        r = _Cursor(buf)
-        if r.take(4) != GGUF_MAGIC:
-            raise ValueError("no GGUF magic")
-        version = r.unpack("<I")
-        if version < 2:
-            raise ValueError(f"GGUF version {version} is too old")
-        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-        fields: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = r.string()
-            fields[key] = r.value(r.unpack("<I"))
-        tensors = []
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.unpack("<I")
-            dims = [r.unpack("<Q") for _ in range(n_dims)]
-            ggml_type, offset = r.unpack("<I"), r.unpack("<Q")
-            n_elements = math.prod(dims)
+    r = _Cursor(buf)
+    r.take(4)
+    version = r.unpack("<I")
+    if version not in _VERSIONS:
+        raise _Invalid(f"GGUF version {version} is not one loam reads (2 or 3)")
+    n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+    r.fits(n_tensors, _MIN_TENSOR_INFO, "tensor count")
+    r.fits(n_kv, _MIN_KV, "metadata count")
+    fields: dict[str, Any] = {}
+    types: dict[str, int] = {}
+    for _ in range(n_kv):
+        key = r.string("metadata key")
+        if key in fields:
+            raise _Invalid(f"metadata key {key[:80]!r} appears twice")
+        types[key] = r.unpack("<I")
+        fields[key] = r.value(types[key], key)
+    tensors: list[TensorInfo] = []
+    seen: set[str] = set()
+    for i in range(n_tensors):
+        tname = r.string(f"name of tensor {i}")
+        label = repr(tname[:80])
+        if len(tname.encode()) >= _MAX_NAME:
+            raise _Invalid(f"tensor name {label} is longer than {_MAX_NAME - 1} bytes")
+        if tname in seen:
+            raise _Invalid(f"tensor {label} appears twice")
+        seen.add(tname)
+        n_dims = r.unpack("<I")
+        if n_dims > _MAX_DIMS:
+            raise _Invalid(f"tensor {label} has {n_dims} dimensions; GGUF allows at most {_MAX_DIMS}")
+        dims = [r.unpack("<Q") for _ in range(n_dims)]
+        n_elements = math.prod(dims)
+        if any(d > _INT64_MAX for d in dims) or n_elements > _INT64_MAX:
+            raise _Invalid(f"tensor {label} has dimensions {dims} whose product overflows 64 bits")
+        ggml_type, offset = r.unpack("<I"), r.unpack("<Q")
+        try:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-            tensors.append(TensorInfo(name, ggml_type, n_elements, offset, n_elements // block * type_size))
-        alignment = int(fields.get("general.alignment") or 32)
-        data_offset = -(-r.pos // alignment) * alignment
-    data_end = data_offset + max((t.offset + t.n_bytes for t in tensors), default=0)
-    return Header(version, fields, tensors, data_offset, data_end)
+        except (ValueError, KeyError):
+            raise _Invalid(f"tensor {label} has unknown type {ggml_type}") from None
+        if dims and dims[0] % block:
+            raise _Invalid(f"tensor {label} has rows of {dims[0]}, not a multiple of its type's block of {block}")
+        tensors.append(TensorInfo(tname, ggml_type, n_elements, offset, n_elements // block * type_size))
+    alignment = fields.get("general.alignment", 32)
+    if "general.alignment" in fields and types["general.alignment"] not in _INT_TYPES:
+        raise _Invalid(f"general.alignment is {_type_name(types['general.alignment'])}, not an integer")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise _Invalid(f"general.alignment {alignment} is not a power of two")
+    data_offset = -(-r.pos // alignment) * alignment
+    end = 0
+    for t in sorted(tensors, key=lambda t: t.offset):
+        if t.offset % alignment:
+            raise _Invalid(f"tensor {t.name[:80]!r} starts at {t.offset}, not a multiple of the alignment {alignment}")
+        if t.offset < end:
+            raise _Invalid(f"tensor {t.name[:80]!r} overlaps the tensor before it")
+        end = t.offset + t.n_bytes
+    return Header(version, fields, types, tensors, data_offset, data_offset + end)
 
 
 class _Cursor:
-    """Sequential little-endian reads over a buffer; struct.error when it runs out."""
-
-    _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-    _STRING, _ARRAY = 8, 9
+    """Sequential little-endian reads over a buffer; _Invalid when a read would run past its end."""
 
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
+        self.size = len(buf)
         self.pos = 0
 
+    def fits(self, count: int, each: int, what: str) -> None:
+        """Refuse a count whose items, at `each` bytes at least, cannot fit in what is left."""
+        if count * each > self.size - self.pos:
+            raise _Invalid(f"{what} {count} is more than the {self.size - self.pos} bytes left can hold")
+
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise struct.error(f"header runs past the end of the file at byte {self.pos}")
+        if n > self.size - self.pos:
+            raise _Invalid(f"the header is cut short at byte {self.pos} (wants {n} more of {self.size - self.pos})")
         data = self.buf[self.pos : self.pos + n]
         self.pos += n
         return data
 
     def unpack(self, fmt: str) -> Any:
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += struct.calcsize(fmt)
+        (value,) = struct.unpack(fmt, self.take(struct.calcsize(fmt)))
         return value
 
-    def string(self) -> str:
-        return self.take(self.unpack("<Q")).decode("utf-8", errors="replace")
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q")
+        if n > self.size - self.pos:
+            raise _Invalid(f"{what} is {n} bytes long, more than the {self.size - self.pos} bytes left")
+        return self.take(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
-        if vtype in self._SCALARS:
-            return self.unpack(self._SCALARS[vtype])
-        if vtype == self._STRING:
-            return self.string()
-        if vtype == self._ARRAY:
-            self.skip_array(self.unpack("<I"), self.unpack("<Q"))
-            return None
-        raise ValueError(f"unknown metadata value type {vtype}")
-
-    def skip_array(self, etype: int, count: int) -> None:
-        if etype in self._SCALARS:
-            self.pos += struct.calcsize(self._SCALARS[etype]) * count
-        elif etype == self._STRING:
+    def value(self, vtype: int, key: str, depth: int = 0) -> Any:
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string(f"the value of {key[:80]!r}")
+        if vtype != _ARRAY:
+            raise _Invalid(f"metadata {key[:80]!r} has unknown value type {vtype}")
+        if depth >= _MAX_NESTING:
+            raise _Invalid(f"metadata {key[:80]!r} nests arrays more than {_MAX_NESTING} deep")
+        etype, count = self.unpack("<I"), self.unpack("<Q")
+        if etype in _SCALARS:
+            n = struct.calcsize(_SCALARS[etype]) * count
+            self.fits(n, 1, f"array {key[:80]!r} of {count} items needs {n} bytes; byte count")
+            self.pos += n
+        elif etype == _STRING:
+            self.fits(count, 8, f"array {key[:80]!r} length")
             for _ in range(count):
-                self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
-        elif etype == self._ARRAY:
+                n = self.unpack("<Q")
+                if n > self.size - self.pos:
+                    raise _Invalid(f"an item of array {key[:80]!r} is {n} bytes long, more than the file has left")
+                self.pos += n
+        elif etype == _ARRAY:
+            self.fits(count, 12, f"array {key[:80]!r} length")
             for _ in range(count):
-                self.skip_array(self.unpack("<I"), self.unpack("<Q"))
+                self.value(_ARRAY, key, depth + 1)
         else:
-            raise ValueError(f"unknown array element type {etype}")
-        if self.pos > len(self.buf):
-            raise struct.error("header runs past the end of the file")
+            raise _Invalid(f"array {key[:80]!r} has unknown element type {etype}")
+        return Array(etype, count)
 
 
 def _file_type(value: Any, tensors: list[TensorInfo]) -> str:
@@ -219,9 +335,38 @@ def _file_type(value: Any, tensors: list[TensorInfo]) -> str:
     return GGMLQuantizationType(max(totals, key=totals.__getitem__)).name if totals else "unknown"
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) else None
+def _int(fields: dict[str, Any], key: str, name: str) -> int | None:
+    """An integer field, None when absent; BadModelFile when it holds another type (a float, NaN, text)."""
+    value = fields.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadModelFile(f"{name} is not a valid GGUF: {key} is {_describe(value)}, not an integer")
+    return value
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _str(fields: dict[str, Any], key: str, name: str) -> str | None:
+    """A text field, None when absent or empty; BadModelFile when it holds another type."""
+    value = fields.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadModelFile(f"{name} is not a valid GGUF: {key} is {_describe(value)}, not text")
+    return value or None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Array):
+        return f"an array of {value.count}"
+    if isinstance(value, float):
+        return f"the float {value!r}"
+    return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def _type_name(vtype: int) -> str:
+    return {6: "a float32", 12: "a float64", 7: "a bool", 8: "a string", 9: "an array"}.get(vtype, f"type {vtype}")
+
+
+def _short(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 200 else text[:100] + "..." + text[-60:]

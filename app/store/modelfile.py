@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class Modelfile:
     base: str
     base_line: int
     template: str | None = None
+    template_line: int = 0
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
@@ -159,16 +161,17 @@ def _quoted(text: str, pos: int) -> tuple[str | None, int | None]:
     return None, None
 
 
+_CLOSERS = {q: re.compile(re.escape(q) + r"[ \t]*(?=\n|\Z)") for q in ('"""', '"')}
+
+
 def _closing(text: str, start: int, quote: str) -> int | None:
-    """Index of the first `quote` at or after `start` that only blanks follow on its line."""
-    i = text.find(quote, start)
-    while i != -1:
-        rest = text.find("\n", i + len(quote))
-        tail = text[i + len(quote) : rest if rest != -1 else len(text)]
-        if not tail.strip(" \t"):
-            return i
-        i = text.find(quote, i + 1)
-    return None
+    """Index of the first `quote` at or after `start` that only blanks follow on its line.
+
+    One regex scan, so a long line full of quotes stays linear rather than
+    re-slicing the rest of the line at every quote.
+    """
+    m = _CLOSERS[quote].search(text, start)
+    return m.start() if m else None
 
 
 def _unknown_instruction(word: str) -> str:
@@ -194,6 +197,8 @@ def _build(instructions: list[Instruction], source: str) -> Modelfile:
         if ins.keyword in ("template", "system"):
             _note_repeat(mf, seen, ins.keyword.upper(), ins.line)
             setattr(mf, ins.keyword, ins.value)
+            if ins.keyword == "template":
+                mf.template_line = ins.line
         elif ins.keyword == "parameter":
             _add_parameter(mf, seen, ins)
         elif ins.keyword == "message":
