@@ -18,6 +18,10 @@ from app.runner.sampling import SamplingParams, check_grammar
 from app.runner.slot import Chunk, Request
 from app.runner.state import RunnerState
 
+#: While a streamed request has no output, a blank line this often says the decode loop is still moving,
+#: so the server's no-progress watchdog (LOAM_RUNNER_TIMEOUT) tells a long prompt from a wedged runner.
+HEARTBEAT_SECONDS = 1.0
+
 
 def build_app(state: RunnerState) -> Starlette:
     endpoints = [
@@ -153,8 +157,18 @@ def _whole(chunks: list[Chunk]) -> Response:
 async def _stream(
     chunks: asyncio.Queue[Chunk | None], engine: Engine, request: Request, watcher: asyncio.Task[None], sse: bool
 ) -> AsyncIterator[bytes]:
+    seen = engine.progress
     try:
-        while (chunk := await chunks.get()) is not None:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.get(), HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                if engine.progress != seen:  # a blank line: no output yet, but not stuck
+                    seen = engine.progress
+                    yield b": progress\n\n" if sse else b"\n"
+                continue
+            if chunk is None:
+                return
             data = json.dumps(chunk, ensure_ascii=False)
             yield (f"data: {data}\n\n" if sse else data + "\n").encode()
             if chunk.get("stop"):

@@ -70,6 +70,11 @@ class Engine:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def progress(self) -> int:
+        """A count that grows with every decode: unchanged over time means the loop is stuck or idle."""
+        return self.metrics["n_decode_total"]
+
     # -- the decode thread --------------------------------------------
 
     def _run(self) -> None:

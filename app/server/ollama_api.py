@@ -168,7 +168,7 @@ async def delete(state: ServerState, request: Request) -> Response:
     text = _name(body)
     try:
         name = ModelName.parse(text)
-        await state.scheduler.unload(name.display)
+        await state.scheduler.unload_model(name.display)
         state.store.remove(name)
     except ModelNotFound:
         raise ModelNotFound(f'model "{text}" not found') from None

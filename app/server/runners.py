@@ -4,6 +4,13 @@ A runner is `python -m app.runner` or a llama-server binary named in
 config.toml; both speak the same protocol on a loopback port. Its stderr goes
 to a log file in the state dir; a runner that cannot load ends that log with
 one JSON line, `{"error", "kind"}`, which becomes the error the client sees.
+
+A runner that sends nothing for `timeout` seconds while answering a request
+(stopped, wedged in the decode loop) is killed, and the request gets an error;
+the next request loads the model again. loam's runner sends a blank line each
+second the decode loop moves without output for that request (the prompt
+being read, or other requests ahead of it), so a slow reply is not mistaken for
+a wedged one. Idle runners are never timed out.
 """
 
 from __future__ import annotations
@@ -64,7 +71,11 @@ def free_port() -> int:
 class Runner:
     """One runner child process and an HTTP client for it."""
 
-    def __init__(self, command: RunnerCommand, model: Path, args: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, command: RunnerCommand, model: Path, args: list[str], log_dir: Path, timeout: float = 60.0
+    ) -> None:
+        """`timeout`: seconds without a byte from the runner on a request before it counts as wedged (0: never)."""
+        self.timeout = timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +92,8 @@ class Runner:
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # Ctrl+C in the server's terminal is the server's to handle
             )  # fmt: skip
-        self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(None, connect=10.0))
+        read = timeout if timeout > 0 else None
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(None, connect=10.0, read=read))
 
     @property
     def alive(self) -> bool:
@@ -139,23 +151,22 @@ class Runner:
         return r.json()
 
     async def tokenize(self, text: str) -> list[int]:
-        r = await self.client.post("/tokenize", json={"content": text, "add_special": True})
-        r.raise_for_status()
-        return r.json()["tokens"]
+        return (await self._post("/tokenize", {"content": text, "add_special": True}))["tokens"]
 
     async def detokenize(self, tokens: list[int]) -> str:
-        r = await self.client.post("/detokenize", json={"tokens": tokens})
-        r.raise_for_status()
-        return r.json()["content"]
+        return (await self._post("/detokenize", {"tokens": tokens}))["content"]
 
     async def embedding(self, text: str) -> dict[str, Any]:
-        r = await self._post("/embedding", {"content": text})
-        return r
+        # No watchdog: an embedding may wait silently behind long generations in the runner's queue.
+        return await self._post("/embedding", {"content": text}, timeout=httpx.Timeout(None, connect=10.0))
 
     async def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream /completion chunks; RunnerError if the runner dies or answers with an error."""
         try:
-            async with self.client.stream("POST", "/completion", json={**body, "stream": True}) as r:
+            # return_progress: llama-server sends prompt progress chunks; loam's runner sends blank lines.
+            async with self.client.stream(
+                "POST", "/completion", json={**body, "stream": True, "return_progress": True}
+            ) as r:
                 if r.status_code != 200:
                     await r.aread()
                     raise RunnerError(_error_text(r), "request")
@@ -165,9 +176,13 @@ class Runner:
                     chunk = json.loads(line)
                     if "error" in chunk:
                         raise RunnerError(_error_text(chunk), "request")
+                    if "prompt_progress" in chunk and not chunk.get("stop") and not chunk.get("content"):
+                        continue  # only proof of life
                     yield chunk
                     if chunk.get("stop"):
                         return
+        except httpx.ReadTimeout as e:
+            raise await self._wedged() from e
         except httpx.TransportError as e:
             for _ in range(40):  # a dropped connection usually means the process is dying: let its status land
                 if not self.alive:
@@ -176,14 +191,26 @@ class Runner:
             raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
         raise self.failure() if not self.alive else RunnerError("the runner ended the stream early")
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any], timeout: httpx.Timeout | None = None) -> dict[str, Any]:
         try:
-            r = await self.client.post(path, json=body)
+            r = await self.client.post(path, json=body, **({"timeout": timeout} if timeout else {}))
+        except httpx.ReadTimeout as e:
+            raise await self._wedged() from e
         except httpx.TransportError as e:
             raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
         if r.status_code != 200:
             raise RunnerError(_error_text(r), "request")
         return r.json()
+
+    async def _wedged(self) -> RunnerError:
+        """Kill a runner that stopped making progress (SIGKILL ends even a SIGSTOPped one); the error to report."""
+        if self.alive:
+            self.proc.kill()
+        for _ in range(100):
+            if not self.alive:
+                break
+            await asyncio.sleep(0.02)
+        return RunnerError(f"runner made no progress for {self.timeout:g} s; it was stopped and will reload", "wedged")
 
     async def stop(self) -> None:
         """Terminate the process (kill it after 5 s) and close the client."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import LoamError
+from app.errors import ConfigError, LoamError
 from app.hardware import Inventory, MemoryEstimate, Plan, estimate, fallback, plan
 from app.server.options import LoadOptions
 from app.server.runners import Runner, RunnerCommand, RunnerError
@@ -28,6 +29,20 @@ log = logging.getLogger("loam.server")
 
 class QueueFull(LoamError):
     """More requests are waiting than the server accepts (HTTP 503)."""
+
+
+def runner_timeout_from_env() -> float:
+    """LOAM_RUNNER_TIMEOUT: seconds a runner may send nothing on an active request (0 turns the watchdog off)."""
+    text = os.environ.get("LOAM_RUNNER_TIMEOUT", "").strip()
+    if not text:
+        return 60.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"LOAM_RUNNER_TIMEOUT: {text!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"LOAM_RUNNER_TIMEOUT: {text!r} is not a number of seconds")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,7 @@ class Settings:
     kv_cache_type: str = "f16"
     llama_server: Path | None = None  # config.toml [runner] llama_server: used when loam's runner cannot drive the GPUs
     log_dir: Path = Path(".")
+    runner_timeout: float = field(default_factory=runner_timeout_from_env)  # the no-progress watchdog; 0 is off
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,7 @@ class Loaded:
     last_used: float = field(default_factory=time.monotonic)
     loaded_at: float = field(default_factory=time.perf_counter)  # when the load finished
     timer: asyncio.TimerHandle | None = None
+    unload_when_idle: bool = False  # its model was deleted while requests were using it
 
     @property
     def name(self) -> str:
@@ -99,6 +116,7 @@ class Scheduler:
                 loaded = await self._get_or_load(req)
                 loaded.refs += 1
                 loaded.keep_alive = keep_alive
+                loaded.unload_when_idle = False  # resolved again from the store, so it exists again
                 loaded.expires_at = math.inf
                 if loaded.timer:
                     loaded.timer.cancel()
@@ -116,7 +134,7 @@ class Scheduler:
         if loaded.refs == 0:
             if not loaded.runner.alive:
                 self._forget(loaded)
-            elif loaded.keep_alive <= 0:
+            elif loaded.keep_alive <= 0 or loaded.unload_when_idle:
                 asyncio.get_running_loop().create_task(self._expire(loaded))
             elif math.isfinite(loaded.keep_alive):
                 loaded.expires_at = time.time() + loaded.keep_alive
@@ -140,6 +158,24 @@ class Scheduler:
             if self.loaded.get(name) is loaded:
                 await self._stop(loaded)
             return True
+
+    async def unload_model(self, name_or_digest: str) -> bool:
+        """A model is being deleted: stop its runners now, without waiting; False if none was loaded.
+
+        Idle runners stop at once. One still answering requests stops as soon
+        as its last request ends, and the caller does not wait for that.
+        """
+        matches = [m for m in self.loaded.values() if name_or_digest in (m.name, m.request.digest)]
+        for loaded in matches:
+            if loaded.refs > 0:
+                loaded.unload_when_idle = True
+                continue
+            async with self._cond:
+                if loaded.refs == 0 and self.loaded.get(loaded.name) is loaded:
+                    await self._stop(loaded)
+                else:
+                    loaded.unload_when_idle = True
+        return bool(matches)
 
     async def shutdown(self) -> None:
         async with self._cond:
@@ -252,7 +288,7 @@ class Scheduler:
             args += ["--lora", str(adapter)]
         if command.llama_server is None:
             args.append("--embedding")  # loam's runner serves completions and embeddings from one context
-        return Runner(command, req.model, args, self.settings.log_dir)
+        return Runner(command, req.model, args, self.settings.log_dir, self.settings.runner_timeout)
 
     def _command(self, inventory: Inventory) -> RunnerCommand:
         """llama-server when one is configured and the GPUs need a backend loam's llama.cpp lacks."""
