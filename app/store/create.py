@@ -282,11 +282,11 @@ def load(path: Path) -> Modelfile:
     FIFO, a device or a model file fails at once instead of hanging or filling memory.
     """
     try:
-        fd = open_regular(path)
+        fd = open_regular(path, "pass the path of a Modelfile with -f")
     except BadModelFile as e:
         if "\0" not in str(path) and not os.path.lexists(path):
             raise ModelfileError(f"{path}: no such Modelfile; pass its path with -f") from None
-        raise ModelfileError(f"{e}; pass a Modelfile with -f") from None
+        raise ModelfileError(str(e)) from None
     try:
         with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_MODELFILE_BYTES + 1)

@@ -88,7 +88,7 @@ def is_gguf(path: Path) -> bool:
         os.close(fd)
 
 
-def open_regular(path: Path) -> int:
+def open_regular(path: Path, hint: str = "give the path of a .gguf file") -> int:
     """A read-only descriptor for `path` when it is a regular file, else BadModelFile.
 
     Opened without blocking, so a FIFO cannot stall the open, and refused unless
@@ -109,7 +109,7 @@ def open_regular(path: Path) -> int:
     if not stat.S_ISREG(mode):
         os.close(fd)
         what = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
-        raise BadModelFile(f"{_short(path)} is {what}; give the path of a .gguf file")
+        raise BadModelFile(f"{_short(path)} is {what}; {hint}")
     return fd
 
 
@@ -257,7 +257,8 @@ def _parse(buf: mmap.mmap) -> Header:
         if t.offset < end:
             raise _Invalid(f"tensor {t.name[:80]!r} overlaps the tensor before it")
         end = t.offset + t.n_bytes
-    return Header(version, fields, types, tensors, data_offset, data_offset + end)
+    data_end = data_offset + end if tensors else r.pos  # no tensors, no data section to pad to
+    return Header(version, fields, types, tensors, data_offset, data_end)
 
 
 class _Cursor:

@@ -55,7 +55,12 @@ class Modelfile:
     warnings: list[str] = field(default_factory=list)
 
     def error(self, line: int, message: str) -> ModelfileError:
-        return ModelfileError(f"{self.source}:{line}: {message}")
+        return ModelfileError(f"{self.source}:{line}: {clip(message)}")
+
+
+def clip(message: str, limit: int = 400) -> str:
+    """A message cut to `limit` characters, so a 5000-digit value does not become a 5000-character error."""
+    return message if len(message) <= limit else message[: limit - 60] + f"... ({len(message)} characters)"
 
 
 def parse(text: str, source: str = "Modelfile") -> Modelfile:
@@ -88,7 +93,7 @@ class _Lexer:
         self.pos, self.line = 0, 1
 
     def error(self, message: str, line: int | None = None) -> ModelfileError:
-        return ModelfileError(f"{self.source}:{line or self.line}: {message}")
+        return ModelfileError(f"{self.source}:{line or self.line}: {clip(message)}")
 
     def instructions(self) -> Any:
         while self._skip_blank():
