@@ -284,3 +284,36 @@ def test_a_reply_cut_mid_character_drops_the_unfinished_bytes(tiny_runner: Runne
     assert four["content"] == "한"
     whole = tiny_runner.complete(prompt="a", grammar='root ::= "한국"', n_predict=6, temperature=0)
     assert whole["content"] == "한국"
+
+
+def test_a_queued_stream_gets_blank_lines_while_the_decode_loop_moves(tiny_runner: RunnerProcess) -> None:
+    """One slot, busy with a long reply: the waiting request hears that the runner is alive, not wedged."""
+    first_started, done = threading.Event(), threading.Event()
+
+    def long_reply() -> None:
+        body = {"prompt": "the", "n_predict": 10_000_000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", tiny_runner.url + "/completion", json=body, timeout=None) as r:
+            for _ in r.iter_lines():
+                first_started.set()
+                if done.is_set():
+                    return
+
+    worker = threading.Thread(target=long_reply)
+    worker.start()
+    try:
+        assert first_started.wait(60)
+        body = {"prompt": "a", "n_predict": 3, "ignore_eos": True, "stream": True}
+        lines = []
+        with httpx.stream("POST", tiny_runner.url + "/completion", json=body, timeout=None) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if line == "":
+                    done.set()  # heard the heartbeat: let the long reply go
+        worker.join(60)
+    finally:
+        done.set()
+        worker.join(60)
+    first = next(i for i, line in enumerate(lines) if line)
+    assert first > 0 and all(line == "" for line in lines[:first])  # blank lines came before any chunk
+    chunks = [json.loads(line) for line in lines if line]
+    assert chunks[-1]["stop"] and chunks[-1]["tokens_predicted"] == 3
