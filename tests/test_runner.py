@@ -317,3 +317,15 @@ def test_a_queued_stream_gets_blank_lines_while_the_decode_loop_moves(tiny_runne
     assert first > 0 and all(line == "" for line in lines[:first])  # blank lines came before any chunk
     chunks = [json.loads(line) for line in lines if line]
     assert chunks[-1]["stop"] and chunks[-1]["tokens_predicted"] == 3
+
+
+def test_a_korean_reply_cut_by_n_predict_never_ends_mid_character(smollm2: Path) -> None:
+    """SmolLM2 spells Hangul in byte pieces: one token is part of a character."""
+    prompt = QUESTION.format("한국어로 대답해 주세요. 서울은 어떤 도시입니까?")
+    with RunnerProcess(smollm2, "--ctx-size", "512", "--parallel", "1", "--threads", "2") as runner:
+        whole = runner.complete(prompt=prompt, n_predict=12, temperature=0)["content"]
+        for n in (1, 2, 3):
+            cut = runner.complete(prompt=prompt, n_predict=n, temperature=0)
+            assert cut["stop_type"] == "limit"
+            assert "\ufffd" not in cut["content"] and whole.startswith(cut["content"])
+    assert any(ord(c) > 0x3000 for c in whole)
