@@ -1,10 +1,12 @@
+import os
+import struct
 from pathlib import Path
 
 import pytest
 from gguf import GGUFReader
 
 from app.errors import BadModelFile
-from app.store.gguf_info import human_count, inspect, read_header
+from app.store.gguf_info import human_count, inspect, is_gguf, read_header
 
 
 def test_inspect_tiny_llama(tiny_gguf: Path) -> None:
@@ -58,4 +60,40 @@ def test_truncated_header(tmp_path: Path, tiny_gguf: Path) -> None:
     path = tmp_path / "cut.gguf"
     path.write_bytes(tiny_gguf.read_bytes()[:3000])
     with pytest.raises(BadModelFile, match="not a valid GGUF"):
+        inspect(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "nul"])
+def test_paths_that_are_not_regular_files_are_refused_without_reading(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block the open and /dev/zero would never end: both are refused from fstat alone."""
+    path = {"device": Path("/dev/zero"), "directory": tmp_path, "nul": Path("/tmp/a\x00b.gguf")}.get(
+        kind, tmp_path / "pipe.gguf"
+    )
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(BadModelFile) as e:
+        inspect(path)
+    assert "\n" not in str(e.value)
+    assert ("NUL byte" if kind == "nul" else "directory" if kind == "directory" else "not a regular file") in str(
+        e.value
+    )
+    assert not is_gguf(path)
+
+
+def test_counts_the_file_cannot_hold_are_refused_before_allocating(tmp_path: Path, tiny_gguf: Path) -> None:
+    data = bytearray(tiny_gguf.read_bytes())
+    data[8:16] = struct.pack("<Q", 2**60)  # the tensor count
+    path = tmp_path / "m.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadModelFile, match=r"not a valid GGUF: tensor count 1152921504606846976 is more than"):
+        inspect(path)
+
+
+def test_a_gguf_without_tensors_is_not_a_model(tmp_path: Path) -> None:
+    key, arch = b"general.architecture", b"llama"
+    kv = struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, len(arch)) + arch
+    path = tmp_path / "vocab.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv)
+    assert read_header(path).data_end == path.stat().st_size
+    with pytest.raises(BadModelFile, match="holds no tensors"):
         inspect(path)

@@ -136,7 +136,7 @@ def _resolve_base(
     try:
         name = ModelName.parse(mf.base)
     except InvalidName as e:
-        raise mf.error(mf.base_line, f"FROM {mf.base}: {e}") from None
+        raise mf.error(mf.base_line, f"FROM {_shown(mf.base)}: {e}") from None
     if not store.manifests.exists(name):
         try:
             pull(store, catalog, mf.base, progress, insecure=insecure)
@@ -190,12 +190,18 @@ def _as_path(text: str, folder: Path) -> Path | None:
     return None
 
 
+def _shown(text: str) -> str:
+    """A FROM/ADAPTER value fit for a one-line message: cut when long, quoted when it holds control characters."""
+    short = text if len(text) <= 200 else text[:100] + "..." + text[-60:]
+    return short if short.isprintable() else repr(short)
+
+
 def _check_file(mf: Modelfile, line: int, keyword: str, text: str, path: Path) -> None:
     """A regular file at `path`, or a one-line ModelfileError: checked without opening
     anything that could block (a FIFO) or never end (/dev/zero)."""
-    shown = text if len(text) <= 200 else text[:100] + "..." + text[-60:]
+    shown = _shown(text)
     if "\0" in text:
-        raise mf.error(line, f"{keyword} {shown!r} contains a NUL byte; give a path to a .gguf file")
+        raise mf.error(line, f"{keyword} {shown} contains a NUL byte; give a path to a .gguf file")
     try:
         path.stat()
     except FileNotFoundError:

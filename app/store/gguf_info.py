@@ -121,7 +121,7 @@ def inspect(path: Path) -> GGUFInfo:
     arch = _str(fields, "general.architecture", name)
     if not arch:
         raise BadModelFile(f"{name} has no general.architecture; it is not a model GGUF")
-    return GGUFInfo(
+    info = GGUFInfo(
         architecture=arch,
         parameter_count=sum(t.n_elements for t in header.tensors),
         file_type=_file_type(_int(fields, "general.file_type", name), header.tensors),
@@ -132,6 +132,9 @@ def inspect(path: Path) -> GGUFInfo:
         chat_template=_str(fields, "tokenizer.chat_template", name),
         kind=_str(fields, "general.type", name),
     )
+    if not header.tensors:
+        raise BadModelFile(f"{name} holds no tensors; it is not a model GGUF (a vocabulary-only file?)")
+    return info
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,10 @@ class _Cursor:
         etype, count = self.unpack("<I"), self.unpack("<Q")
         if etype in _SCALARS:
             n = struct.calcsize(_SCALARS[etype]) * count
-            self.fits(n, 1, f"array {key[:80]!r} of {count} items needs {n} bytes; byte count")
+            if n > self.size - self.pos:
+                raise _Invalid(
+                    f"array {key[:80]!r} of {count} items needs {n} bytes, more than the {self.size - self.pos} left"
+                )
             self.pos += n
         elif etype == _STRING:
             self.fits(count, 8, f"array {key[:80]!r} length")
