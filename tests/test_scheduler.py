@@ -57,3 +57,30 @@ def test_an_out_of_memory_load_retries_with_fewer_layers_then_the_cpu(
     assert layers == 0 and tried[-1] == 0 and tried[0] > 0
     assert tried == sorted(tried, reverse=True) and len(set(tried)) == len(tried)  # fewer each time
     assert sum("retrying with" in r.message for r in caplog.records) == len(tried) - 1
+
+
+def test_unloading_a_deleted_model_does_not_wait_for_its_requests(tiny_gguf: Path, tmp_path: Path) -> None:
+    inventory = Inventory(backends=(), gpus=(), ram_total=16 << 30, ram_free=16 << 30)
+    digest = "sha256:" + "1" * 64
+
+    async def scenario() -> tuple[bool, bool, bool, bool, bool]:
+        scheduler = Scheduler(Settings(log_dir=tmp_path / "logs"), lambda: inventory, has_gpu_backend=False)
+        request = LoadRequest("tiny", digest, tiny_gguf, LoadOptions(num_ctx=256))
+        idle = await scheduler.acquire(request, 300)
+        scheduler.release(idle)
+        by_digest = await scheduler.unload_model(digest)  # idle: stopped at once
+        idle_stopped = not idle.runner.alive and "tiny" not in scheduler.loaded
+        busy = await scheduler.acquire(request, 300)
+        by_name = await scheduler.unload_model("tiny")  # in use: returns at once, stops after the request
+        still_serving = busy.runner.alive
+        scheduler.release(busy)
+        for _ in range(200):
+            if not busy.runner.alive:
+                break
+            await asyncio.sleep(0.05)
+        stopped_after = not busy.runner.alive and "tiny" not in scheduler.loaded
+        await scheduler.shutdown()
+        return by_digest and by_name, idle_stopped, still_serving, stopped_after, await scheduler.unload_model("x")
+
+    matched, idle_stopped, still_serving, stopped_after, unknown = asyncio.run(scenario())
+    assert matched and idle_stopped and still_serving and stopped_after and not unknown
