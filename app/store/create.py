@@ -170,9 +170,11 @@ def _check_template(mf: Modelfile) -> None:
 
     check = getattr(gotemplate, "check_template", None) or gotemplate.parse
     try:
-        check(mf.template)
+        problem = check(mf.template)
     except gotemplate.TemplateError as e:
-        raise mf.error(mf.template_line, f"TEMPLATE does not parse: {e}") from None
+        problem = str(e)
+    if isinstance(problem, str) and problem:  # a checker that reports rather than raises
+        raise mf.error(mf.template_line, f"TEMPLATE does not parse: {problem}")
 
 
 def _as_path(text: str, folder: Path) -> Path | None:
