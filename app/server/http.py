@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from app.errors import InvalidName, LoamError, ModelfileError, ModelNotFound
+from app.api import describe
+from app.errors import InvalidName, LoamError, ModelfileError, ModelNotFound, QuantizeError
 from app.server.runners import RunnerError
 from app.server.scheduler import QueueFull
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("loam.server")
+#: How deep a request body's arrays and objects may nest; no API field needs more.
+MAX_DEPTH = 64
+#: The last line of a stream cut by the server's shutdown.
+SHUTTING_DOWN = "server shutting down"
+_LOCAL_URL = re.compile(r"(?:https?://)?(?:127\.0\.0\.1|localhost|\[::1\]):\d+\S*")
 
 
 class BadRequest(LoamError):
@@ -26,7 +37,7 @@ def status_of(error: BaseException) -> int:
     """Ollama's status code for an error."""
     if isinstance(error, ModelNotFound):
         return 404
-    if isinstance(error, (BadRequest, ValueError, InvalidName, ModelfileError)):
+    if isinstance(error, (BadRequest, ValueError, InvalidName, ModelfileError, QuantizeError)):
         return 400
     if isinstance(error, QueueFull):
         return 503
@@ -34,9 +45,30 @@ def status_of(error: BaseException) -> int:
 
 
 def message_of(error: BaseException) -> str:
+    """The one line a client sees: loam's own message (runner addresses removed), or "internal error"."""
     if isinstance(error, (LoamError, ValueError)):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+        return _LOCAL_URL.sub("the runner", str(error))
+    log.error("internal error", exc_info=(type(error), error, error.__traceback__))
+    return "internal error"
+
+
+def _constant(name: str) -> Any:
+    raise BadRequest(f"the request body is not JSON: {name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in `value`, found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 async def body_of(request: Request) -> dict[str, Any]:
@@ -45,12 +77,29 @@ async def body_of(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the request body is not JSON: {e}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the request body is not UTF-8 text (bad byte at {e.start})") from None
+    try:
+        body = json.loads(text, parse_constant=_constant)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"the request body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise BadRequest("request body nests too deeply") from None
+    if _depth(body) > MAX_DEPTH:
+        raise BadRequest("request body nests too deeply")
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
+
+
+async def parsed(request: Request, model: type[M]) -> M:
+    """The POST body checked against `model`; BadRequest naming the first bad field otherwise."""
+    body = await body_of(request)
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise BadRequest(describe(e)) from None
 
 
 def now_rfc3339() -> str:
@@ -117,6 +166,10 @@ def ndjson(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
                 yield (json.dumps(chunk, ensure_ascii=False) + "\n").encode()
         except Exception as e:  # noqa: BLE001 - the status is sent already; the error goes in the stream
             yield (json.dumps({"error": message_of(e)}) + "\n").encode()
+        except asyncio.CancelledError:
+            # uvicorn cancels open requests once its graceful shutdown times out; say so instead of a silent
+            # cut (when the client is the one who left, the line goes nowhere)
+            yield (json.dumps({"error": SHUTTING_DOWN}) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -130,12 +183,25 @@ def sse(chunks: AsyncIterator[dict[str, Any]], error_shape: Callable[[int, str],
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
         except Exception as e:  # noqa: BLE001 - headers are sent; report in the stream
             yield f"data: {json.dumps(error_shape(status_of(e), message_of(e)))}\n\n".encode()
+        except asyncio.CancelledError:  # the server's shutdown, as in ndjson
+            yield f"data: {json.dumps(error_shape(503, SHUTTING_DOWN))}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-__all__ = ["BadRequest", "RunnerError", "body_of", "guarded", "ndjson", "now_rfc3339", "primed", "sse", "status_of"]
+__all__ = [
+    "BadRequest",
+    "RunnerError",
+    "body_of",
+    "guarded",
+    "ndjson",
+    "now_rfc3339",
+    "parsed",
+    "primed",
+    "sse",
+    "status_of",
+]
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

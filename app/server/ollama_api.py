@@ -15,18 +15,28 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from app import __version__
-from app.errors import ModelNotFound
+from app.api import (
+    ChatRequest,
+    CopyRequest,
+    CreateRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Generation,
+    NameRequest,
+    clip,
+)
+from app.errors import ModelNotFound, QuantizeError
 from app.server.generate import Call, Done, Piece, gather, renormalized, resolve
-from app.server.http import BadRequest, body_of, guarded, ndjson, now_rfc3339, primed, unless_disconnected
-from app.server.options import parse_keep_alive
+from app.server.http import BadRequest, guarded, ndjson, now_rfc3339, parsed, primed, unless_disconnected
 from app.server.state import OLLAMA_API_VERSION, ServerState
 from app.store.blobs import digest_hex
 from app.store.create import create, modelfile_text
 from app.store.modelfile import Modelfile, parse
 from app.store.names import ModelName
-from app.store.parameters import coerce_all
 from app.store.progress import ProgressEvent
 from app.store.pull import pull
+from app.store.quantize import UNQUANTIZED
 from app.store.store import ModelDetails
 
 _FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)
@@ -107,17 +117,17 @@ async def tags(state: ServerState, request: Request) -> Response:
     return JSONResponse({"models": await asyncio.to_thread(listing)})
 
 
-def _name(body: dict[str, Any], *keys: str) -> str:
-    for key in keys or ("model", "name"):
-        value = body.get(key)
-        if isinstance(value, str) and value:
-            return value
-    raise BadRequest(f"{(keys or ('model',))[0]} is required")
+def _resolve(state: ServerState, name: str) -> Any:
+    """The stored model `name`, or a 404 that echoes at most ~100 characters of it."""
+    try:
+        return resolve(state.store, name)
+    except ModelNotFound:
+        raise ModelNotFound(f'model "{clip(name)}" not found, try pulling it first') from None
 
 
 async def show(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
-    model = resolve(state.store, _name(body))
+    body = await parsed(request, NameRequest)
+    model = _resolve(state, body.model_name())
     details = model.details
     info = details.info
     arch = info.architecture
@@ -154,24 +164,25 @@ async def show(state: ServerState, request: Request) -> Response:
 
 
 async def copy(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
-    source, target = _name(body, "source"), _name(body, "destination")
+    body = await parsed(request, CopyRequest)
+    source, target = body.source, body.destination
+    if not source or not target:
+        raise BadRequest("source: is required" if not source else "destination: is required")
     try:
         state.store.copy(ModelName.parse(source), ModelName.parse(target))
     except ModelNotFound:
-        raise ModelNotFound(f'model "{source}" not found') from None
+        raise ModelNotFound(f'model "{clip(source)}" not found') from None
     return Response(status_code=200)
 
 
 async def delete(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
-    text = _name(body)
+    text = (await parsed(request, NameRequest)).model_name()
     try:
         name = ModelName.parse(text)
         await state.scheduler.unload_model(name.display)
         state.store.remove(name)
     except ModelNotFound:
-        raise ModelNotFound(f'model "{text}" not found') from None
+        raise ModelNotFound(f'model "{clip(text)}" not found') from None
     return Response(status_code=200)
 
 
@@ -206,26 +217,10 @@ async def ps(state: ServerState, request: Request) -> Response:
 # -- generation ------------------------------------------------------------
 
 
-def _call(state: ServerState, body: dict[str, Any]) -> Call:
-    model = resolve(state.store, _name(body))
-    options = body.get("options") or {}
-    if not isinstance(options, dict):
-        raise BadRequest("options must be an object")
-    keep_alive = body.get("keep_alive")
-    seconds = state.settings.keep_alive if keep_alive is None else parse_keep_alive(keep_alive)
-    think = body.get("think")
-    return Call(model, options, seconds, think if isinstance(think, bool) else None, json_schema(body.get("format")))
-
-
-def json_schema(format: Any) -> dict[str, Any] | None:
-    """Ollama's `format`: "json" for any JSON object, or a JSON schema the reply must match."""
-    if format in (None, ""):
-        return None
-    if format == "json":
-        return {"type": "object"}
-    if isinstance(format, dict):
-        return format
-    raise BadRequest('format must be "json" or a JSON schema object')
+def _call(state: ServerState, body: Generation) -> Call:
+    """A checked request as the generator's Call (options already coerced by the parameter table)."""
+    seconds = state.settings.keep_alive if body.keep_alive is None else body.keep_alive
+    return Call(_resolve(state, body.model), body.options, seconds, body.think, body.format)
 
 
 def _final(done: Done) -> dict[str, Any]:
@@ -233,19 +228,16 @@ def _final(done: Done) -> dict[str, Any]:
 
 
 async def generate(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, GenerateRequest)
     call = _call(state, body)
-    prompt = body.get("prompt") or ""
+    prompt = body.prompt or ""
     head = lambda: {"model": call.model.name, "created_at": now_rfc3339()}  # noqa: E731
-    if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
-    if not prompt and not body.get("suffix"):
+    if not prompt and not body.suffix:
         done = await state.generator.load_only(call)
         return JSONResponse({**head(), "response": "", **_final(done)})
-    context = body.get("context")
     items = state.generator.generate(
-        call, prompt, system=body.get("system"), template=body.get("template"), suffix=body.get("suffix") or "",
-        raw=bool(body.get("raw")), context=context if isinstance(context, list) else None,
+        call, prompt, system=body.system, template=body.template, suffix=body.suffix or "", raw=body.raw,
+        context=body.context,
     )  # fmt: skip
 
     def shape(item: Piece | Done) -> dict[str, Any]:
@@ -256,7 +248,7 @@ async def generate(state: ServerState, request: Request) -> Response:
             out["thinking"] = item.thinking
         return out
 
-    if body.get("stream", True):
+    if body.stream:
         return ndjson(_mapped(await primed(items), shape))
     text, thinking, done = await unless_disconnected(request, gather(items))
     final = {**head(), "response": text, **_final(done), "context": done.context}
@@ -266,20 +258,14 @@ async def generate(state: ServerState, request: Request) -> Response:
 
 
 async def chat(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, ChatRequest)
     call = _call(state, body)
-    messages = body.get("messages") or []
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise BadRequest("messages must be a list of objects with role and content")
-    for m in messages:
-        if m.get("role") not in ("system", "user", "assistant", "tool"):
-            raise BadRequest(f"message role {m.get('role')!r} is not system, user, assistant or tool")
-        m["content"] = m.get("content") or ""
+    messages = [{**m.model_dump(exclude_none=True), "content": m.content or ""} for m in body.messages]
     head = lambda: {"model": call.model.name, "created_at": now_rfc3339()}  # noqa: E731
     if not messages:
         done = await state.generator.load_only(call)
         return JSONResponse({**head(), "message": {"role": "assistant", "content": ""}, **_final(done)})
-    items = state.generator.chat(call, messages, body.get("tools"))
+    items = state.generator.chat(call, messages, body.tools)
 
     def shape(item: Piece | Done) -> dict[str, Any]:
         if isinstance(item, Done):
@@ -289,7 +275,7 @@ async def chat(state: ServerState, request: Request) -> Response:
             message["thinking"] = item.thinking
         return {**head(), "message": message, "done": False}
 
-    if body.get("stream", True):
+    if body.stream:
         return ndjson(_mapped(await primed(items), shape))
     text, thinking, done = await unless_disconnected(request, gather(items))
     message = {"role": "assistant", "content": text}
@@ -304,14 +290,11 @@ async def _mapped(items: AsyncIterator[Any], shape: Callable[[Any], dict[str, An
 
 
 async def embed(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, EmbedRequest)
     call = _call(state, body)
-    inputs = body.get("input", "")
-    inputs = [inputs] if isinstance(inputs, str) else inputs
-    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-        raise BadRequest("input must be a string or a list of strings")
-    vectors, count, done = await state.generator.embed(call, inputs, truncate=body.get("truncate", True) is not False)
-    dims = body.get("dimensions")
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    vectors, count, done = await state.generator.embed(call, inputs, truncate=body.truncate)
+    dims = body.dimensions
     if isinstance(dims, int) and dims > 0:
         vectors = [renormalized(v[:dims]) for v in vectors]
     figures = done.figures()
@@ -327,11 +310,9 @@ async def embed(state: ServerState, request: Request) -> Response:
 
 
 async def embeddings(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, EmbeddingsRequest)
     call = _call(state, body)
-    prompt = body.get("prompt", "")
-    if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
+    prompt = body.prompt
     if not prompt:
         return JSONResponse({"embedding": []})
     vectors, _, _ = await state.generator.embed(call, [prompt], truncate=True)
@@ -361,9 +342,9 @@ async def _progress_stream(work: Callable[[Callable[[ProgressEvent], None]], Non
     await task
 
 
-async def _progress_response(body: dict[str, Any], work: Callable[[Callable[[ProgressEvent], None]], None]) -> Response:
+async def _progress_response(body: NameRequest, work: Callable[[Callable[[ProgressEvent], None]], None]) -> Response:
     events = _progress_stream(work)
-    if body.get("stream", True):
+    if body.stream:
         return ndjson(await primed(events))
     async for _ in events:
         pass
@@ -371,58 +352,77 @@ async def _progress_response(body: dict[str, Any], work: Callable[[Callable[[Pro
 
 
 async def pull_model(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
-    name = _name(body)
-    insecure = bool(body.get("insecure"))
+    body = await parsed(request, NameRequest)
+    name = body.model_name()
     return await _progress_response(
-        body, lambda progress: pull(state.store, state.catalog, name, progress, insecure=insecure)
+        body, lambda progress: pull(state.store, state.catalog, name, progress, insecure=body.insecure)
     )
 
 
 async def create_model(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
-    name = ModelName.parse(_name(body))
+    body = await parsed(request, CreateRequest)
+    name = ModelName.parse(body.model_name())
     modelfile = _modelfile(state, body)
-    quantize = body.get("quantize") or None
+    quantize = body.quantize or None
+    if quantize:
+        _check_quantizable(state, modelfile.base)
 
     def work(progress: Callable[[ProgressEvent], None]) -> None:
-        create(state.store, state.catalog, name, modelfile, folder=Path.cwd(), quantize_to=quantize, progress=progress)
+        try:
+            create(
+                state.store, state.catalog, name, modelfile, folder=Path.cwd(), quantize_to=quantize, progress=progress
+            )
+        except QuantizeError as e:  # a bad `quantize` field, in the API's words
+            raise BadRequest(f"quantize: {e}".replace(", or pass --allow-requantize", "")) from None
 
     return await _progress_response(body, work)
 
 
-def _modelfile(state: ServerState, body: dict[str, Any]) -> Modelfile:
+def _check_quantizable(state: ServerState, base: str) -> None:
+    """Refuse `quantize` on a stored model that is quantized already, before any work starts."""
+    try:
+        file_type = state.store.show(ModelName.parse(base)).info.file_type
+    except Exception:  # noqa: BLE001 - a path or a blob; create itself checks those
+        return
+    if file_type not in UNQUANTIZED:
+        raise BadRequest(
+            f"quantize: {clip(base)} is already quantized ({file_type}); quantizing it again loses quality. "
+            "Start from an F16, BF16 or F32 model"
+        )
+
+
+def _modelfile(state: ServerState, body: CreateRequest) -> Modelfile:
     """The Modelfile a create request describes: the legacy `modelfile` text, or the fields of today's API."""
-    if isinstance(body.get("modelfile"), str):
-        return parse(body["modelfile"], "modelfile")
-    files = body.get("files") or {}
-    if body.get("from"):
-        base = str(body["from"])
-    elif isinstance(files, dict) and files:
-        base = str(_blob_path(state, next(iter(files.values()))))
+    if body.modelfile is not None:
+        return parse(body.modelfile, "modelfile")
+    if body.from_:
+        base = body.from_
+    elif body.files:
+        base = str(_blob_path(state, next(iter(body.files.values())), "files"))
     else:
-        raise BadRequest("create needs `from` (a model name or path) or `files` (uploaded GGUF blobs)")
-    adapters = body.get("adapters") or {}
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict) or not isinstance(adapters, dict):
-        raise BadRequest("parameters and adapters must be objects")
-    license_ = body.get("license")
+        raise BadRequest("from: create needs `from` (a model name or path) or `files` (uploaded GGUF blobs)")
+    license_ = body.license
     return Modelfile(
         source="request",
         base=base,
         base_line=1,
-        template=body.get("template"),
-        system=body.get("system"),
-        parameters=coerce_all(parameters),
-        messages=[{"role": m["role"], "content": m.get("content", "")} for m in body.get("messages") or []],
+        template=body.template,
+        system=body.system,
+        parameters=body.parameters,
+        messages=[{"role": m.role, "content": m.content or ""} for m in body.messages],
         licenses=[license_] if isinstance(license_, str) else list(license_ or []),
-        adapters=[(str(_blob_path(state, d)), 1) for d in adapters.values()],
+        adapters=[(str(_blob_path(state, d, "adapters")), 1) for d in body.adapters.values()],
     )
 
 
-def _blob_path(state: ServerState, digest: Any) -> Path:
-    if not isinstance(digest, str) or not state.store.blobs.has(digest):
-        raise BadRequest(f"blob {digest} is not on the server; upload it with POST /api/blobs/{digest}")
+def _blob_path(state: ServerState, digest: str, field: str) -> Path:
+    shown = clip(digest)
+    try:
+        known = state.store.blobs.has(digest)
+    except Exception:  # noqa: BLE001 - not a digest at all
+        known = False
+    if not known:
+        raise BadRequest(f"{field}: blob {shown} is not on the server; upload it with POST /api/blobs/{shown}")
     return state.store.blobs.path(digest)
 
 

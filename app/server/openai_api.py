@@ -13,8 +13,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIEmbeddingRequest,
+    OpenAIRequest,
+    clip,
+    response_schema,
+)
+from app.errors import ModelNotFound
 from app.server.generate import Call, Done, Piece, gather, renormalized, resolve
-from app.server.http import BadRequest, body_of, guarded, primed, sse, unless_disconnected
+from app.server.http import guarded, parsed, primed, sse, unless_disconnected
 from app.server.state import ServerState
 
 _FINISH = {"stop": "stop", "length": "length"}
@@ -41,52 +50,21 @@ def routes(state: ServerState) -> list[Route]:
     ]
 
 
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI sampling fields as Ollama options."""
-    names = {
-        "temperature": "temperature",
-        "top_p": "top_p",
-        "seed": "seed",
-        "frequency_penalty": "frequency_penalty",
-        "presence_penalty": "presence_penalty",
-        "stop": "stop",
-        "max_tokens": "num_predict",
-        "max_completion_tokens": "num_predict",
-    }
-    options = {ollama: body[key] for key, ollama in names.items() if body.get(key) is not None}
-    if body.get("n", 1) not in (1, None):
-        raise BadRequest("n must be 1: loam returns one choice")
-    return options
+def _resolve(state: ServerState, name: str) -> Any:
+    """The stored model `name`, or a 404 that echoes at most ~100 characters of it."""
+    try:
+        return resolve(state.store, name)
+    except ModelNotFound:
+        raise ModelNotFound(f'model "{clip(name)}" not found, try pulling it first') from None
 
 
-def _call(state: ServerState, body: dict[str, Any]) -> Call:
-    name = body.get("model")
-    if not isinstance(name, str) or not name:
-        raise BadRequest("model is required")
-    call = Call(resolve(state.store, name), _options(body), state.settings.keep_alive)
-    call.json_schema = _response_schema(body.get("response_format"))
+def _call(state: ServerState, body: OpenAIRequest | OpenAIEmbeddingRequest) -> Call:
+    """A checked request as the generator's Call; sampling fields become Ollama options."""
+    options = body.options() if isinstance(body, OpenAIRequest) else {}
+    call = Call(_resolve(state, body.model), options, state.settings.keep_alive)
+    if isinstance(body, OpenAIRequest):
+        call.json_schema = response_schema(body.response_format)
     return call
-
-
-def _response_schema(response_format: Any) -> dict[str, Any] | None:
-    """OpenAI's response_format: json_object for any object, json_schema for a given schema."""
-    if not isinstance(response_format, dict) or response_format.get("type") in (None, "text"):
-        return None
-    if response_format["type"] == "json_object":
-        return {"type": "object"}
-    schema = (response_format.get("json_schema") or {}).get("schema")
-    if response_format["type"] == "json_schema" and isinstance(schema, dict):
-        return schema
-    raise BadRequest("response_format must be text, json_object, or json_schema with a schema")
-
-
-def _text(content: Any) -> str:
-    """A message's content: a string, or the text parts of a list of content parts."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise BadRequest("message content must be a string or a list of content parts")
 
 
 def _usage(done: Done) -> dict[str, Any]:
@@ -100,23 +78,14 @@ def _usage(done: Done) -> dict[str, Any]:
 
 
 async def chat_completions(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, ChatCompletionRequest)
     call = _call(state, body)
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("messages must be a non-empty list")
-    messages = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in raw if isinstance(m, dict)]
-    for m in messages:
-        if m["role"] == "developer":
-            m["role"] = "system"
-        if m["role"] not in ("system", "user", "assistant", "tool"):
-            raise BadRequest(f"message role {m['role']!r} is not system, user, assistant or tool")
-    items = state.generator.chat(call, messages, body.get("tools"))
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
+    items = state.generator.chat(call, messages, body.tools)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": call.model.name}
     head["system_fingerprint"] = "fp_loam"
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return sse(_chat_chunks(await primed(items), head, include_usage), error_shape)
+    if body.stream:
+        return sse(_chat_chunks(await primed(items), head, body.include_usage()), error_shape)
     text, reasoning, done = await unless_disconnected(request, gather(items))
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if reasoning:
@@ -147,18 +116,12 @@ async def _chat_chunks(
 
 
 async def completions(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, CompletionRequest)
     call = _call(state, body)
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
-    items = state.generator.generate(call, prompt, suffix=body.get("suffix") or "")
+    items = state.generator.generate(call, body.prompt, suffix=body.suffix or "")
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": call.model.name}
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return sse(_completion_chunks(await primed(items), head, include_usage), error_shape)
+    if body.stream:
+        return sse(_completion_chunks(await primed(items), head, body.include_usage()), error_shape)
     text, _, done = await unless_disconnected(request, gather(items))
     choice = {"index": 0, "text": text, "finish_reason": _FINISH.get(done.reason, "stop"), "logprobs": None}
     return JSONResponse({**head, "object": "text_completion", "choices": [choice], "usage": _usage(done)})
@@ -193,22 +156,18 @@ async def models(state: ServerState, request: Request) -> Response:
 
 
 async def model(state: ServerState, request: Request) -> Response:
-    resolved = resolve(state.store, request.path_params["model"])
+    resolved = _resolve(state, request.path_params["model"])
     return JSONResponse(_model_entry(resolved.name, resolved.details.stored.modified))
 
 
 async def embeddings(state: ServerState, request: Request) -> Response:
-    body = await body_of(request)
+    body = await parsed(request, OpenAIEmbeddingRequest)
     call = _call(state, body)
-    inputs = body.get("input")
-    inputs = [inputs] if isinstance(inputs, str) else inputs
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-        raise BadRequest("input must be a string or a non-empty list of strings")
-    vectors, count, _ = await state.generator.embed(call, inputs, truncate=True)
-    dims = body.get("dimensions")
+    vectors, count, _ = await state.generator.embed(call, body.input, truncate=True)
+    dims = body.dimensions
     if isinstance(dims, int) and dims > 0:
         vectors = [renormalized(v[:dims]) for v in vectors]
-    as_base64 = body.get("encoding_format") == "base64"
+    as_base64 = body.encoding_format == "base64"
     data = [
         {"object": "embedding", "index": i, "embedding": _base64(v) if as_base64 else v} for i, v in enumerate(vectors)
     ]

@@ -1,0 +1,477 @@
+"""The wire format of the Ollama and OpenAI routes as pydantic models: one typed place for what a body may hold.
+
+The server validates every POST body with these before it touches the store
+or the scheduler, so a malformed body is a 400 that names the field
+(`options.temperature: takes a number, got 'x'`) and never loads a model. The
+client builds its requests from the same models. Unknown fields are ignored,
+as Ollama and OpenAI do, so their official clients keep working.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.server.options import parse_keep_alive
+from app.store.parameters import PARAMETERS, ParameterError, coerce
+
+#: keep_alive beyond this many seconds (about 100 years) is refused; a negative one means forever.
+MAX_KEEP_ALIVE = 100 * 365.25 * 86400
+#: Largest context window a request may ask for (16M tokens), and largest other whole-number option.
+MAX_NUM_CTX = 1 << 24
+MAX_INT_OPTION = (1 << 31) - 1
+#: Longest echo of a client's value (a model name, a bad option) in an error message.
+ECHO = 100
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class FieldError(ValueError):
+    """A bad value found outside pydantic's own checks, with the path of the field it was in."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+def clip(text: str, limit: int = ECHO) -> str:
+    """`text` cut to `limit` characters, so an error never echoes a megabyte back."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class Wire(BaseModel):
+    """A JSON object on the wire: strict types (no "no" for false), unknown fields ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _options(value: Any, field: str) -> dict[str, Any]:
+    """Ollama's `options` (or create's `parameters`): each known entry coerced by the parameter table."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        if item is None or name not in PARAMETERS:
+            continue  # Ollama ignores options it does not know
+        if name == "stop" and item == []:
+            continue  # no stop strings
+        try:
+            coerced = coerce(name, item)
+        except ParameterError as e:
+            text = str(e).removeprefix(f"{name} ")
+            raise FieldError(f"{field}.{name}", clip(text, 200)) from None
+        if isinstance(coerced, int) and not isinstance(coerced, bool):
+            high = MAX_NUM_CTX if name == "num_ctx" else MAX_INT_OPTION
+            if abs(coerced) > high:
+                raise FieldError(f"{field}.{name}", f"must be at most {high}")
+        out[name] = coerced
+    return out
+
+
+def keep_alive_seconds(value: Any) -> float | None:
+    """Seconds for Ollama's keep_alive (math.inf for forever); None when unset."""
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) > 64:
+        raise ValueError("is not a duration; use e.g. 5m, 1h, 0 or -1")
+    try:
+        seconds = parse_keep_alive(value)
+    except (ValueError, OverflowError):
+        raise ValueError("is not a duration; use e.g. 5m, 1h30m, 0 or -1") from None
+    if math.isnan(seconds) or (seconds != math.inf and seconds > MAX_KEEP_ALIVE):
+        raise ValueError("must be at most 100 years; a negative value keeps the model loaded forever")
+    return seconds
+
+
+def json_schema(value: Any) -> dict[str, Any] | None:
+    """Ollama's `format`: "json" for any JSON object, or a JSON schema the reply must match."""
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return {"type": "object"}
+    if isinstance(value, dict):
+        return value
+    raise ValueError('must be "json" or a JSON schema object')
+
+
+# -- Ollama requests ---------------------------------------------------------------
+
+
+class Message(Wire):
+    """One chat message; fields a template may use besides role and content pass through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Role
+    content: str | None = None
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class Generation(Wire):
+    """What /api/generate, /api/chat and the embedding routes share: a model, options, keep_alive."""
+
+    model: str
+    options: dict[str, Any] = {}
+    keep_alive: float | None = None
+    stream: bool = True
+    think: bool | None = None
+    format: dict[str, Any] | None = None
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _check_options(cls, value: Any) -> dict[str, Any]:
+        return _options(value, "options")
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _check_keep_alive(cls, value: Any) -> float | None:
+        return keep_alive_seconds(value)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _check_format(cls, value: Any) -> dict[str, Any] | None:
+        return json_schema(value)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not value:
+            raise ValueError("is required")
+        return value
+
+
+class GenerateRequest(Generation):
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    context: list[int] | None = None
+    images: list[str] | None = None
+
+
+class ChatRequest(Generation):
+    messages: list[Message] = []
+    tools: list[dict[str, Any]] | None = None
+
+
+class EmbedRequest(Generation):
+    input: str | list[str] = ""
+    truncate: bool = True
+    dimensions: int | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(i, str) for i in value)):
+            return value
+        raise ValueError("must be a string or a list of strings")
+
+
+class EmbeddingsRequest(Generation):
+    prompt: str = ""
+
+
+class NameRequest(Wire):
+    """/api/show, /api/delete, /api/pull: a model, by `model` or the older `name`."""
+
+    model: str | None = None
+    name: str | None = None
+    insecure: bool = False
+    stream: bool = True
+
+    def model_name(self) -> str:
+        """The name given, or FieldError when neither field is set."""
+        if self.model:
+            return self.model
+        if self.name:
+            return self.name
+        raise FieldError("model", "is required")
+
+
+class CopyRequest(Wire):
+    source: str
+    destination: str
+
+
+class CreateRequest(NameRequest):
+    modelfile: str | None = None
+    from_: str | None = Field(None, alias="from")
+    files: dict[str, str] = {}
+    adapters: dict[str, str] = {}
+    parameters: dict[str, Any] = {}
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    messages: list[Message] = []
+    quantize: str | None = None
+
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _check_parameters(cls, value: Any) -> dict[str, Any]:
+        return _options(value, "parameters")
+
+    @field_validator("license", mode="before")
+    @classmethod
+    def _check_license(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(i, str) for i in value):
+            return value
+        raise ValueError("must be a string or a list of strings")
+
+
+# -- Ollama replies (what app/client.py reads) ------------------------------------------
+
+
+class Stats(Wire):
+    """The figures on a final chunk, in nanoseconds, as Ollama sends them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    done: bool = False
+    done_reason: str | None = None
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+class ChatChunk(Stats):
+    model: str = ""
+    created_at: str = ""
+    message: Message | None = None
+
+
+class GenerateChunk(Stats):
+    model: str = ""
+    created_at: str = ""
+    response: str = ""
+    thinking: str | None = None
+    context: list[int] | None = None
+
+
+# -- OpenAI requests -----------------------------------------------------------------
+
+
+def _content(value: Any) -> str:
+    """A message's content: a string, or the text parts of a list of content parts."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return "".join(str(p.get("text", "")) for p in value if p.get("type") == "text")
+    raise ValueError("must be a string or a list of content parts")
+
+
+class OpenAIMessage(Wire):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = ""
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _check_content(cls, value: Any) -> str:
+        return _content(value)
+
+
+class StreamOptions(Wire):
+    include_usage: bool = False
+
+
+class OpenAIRequest(Wire):
+    """The sampling fields OpenAI's chat and text completions share."""
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: list[str] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: Literal[1] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not value:
+            raise ValueError("is required")
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> list[str] | None:
+        if value is None or value == []:
+            return None
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+            raise ValueError("must be a string or a list of non-empty strings")
+        return items
+
+    @field_validator("response_format")
+    @classmethod
+    def _check_response_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        schema = response_schema(value)
+        return None if schema is None else value
+
+    def options(self) -> dict[str, Any]:
+        """These fields as Ollama options, checked by the parameter table."""
+        names = {
+            "temperature": "temperature",
+            "top_p": "top_p",
+            "seed": "seed",
+            "frequency_penalty": "frequency_penalty",
+            "presence_penalty": "presence_penalty",
+            "stop": "stop",
+            "max_tokens": "num_predict",
+            "max_completion_tokens": "num_predict",
+        }
+        options: dict[str, Any] = {}
+        for key, name in names.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                options.update(_options({name: value}, key))
+            except FieldError as e:
+                raise FieldError(key, str(e).split(": ", 1)[1]) from None
+        return options
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's response_format: json_object for any object, json_schema for a given schema."""
+    if response_format is None or response_format.get("type") in (None, "text"):
+        return None
+    if response_format["type"] == "json_object":
+        return {"type": "object"}
+    inner = response_format.get("json_schema")
+    schema = inner.get("schema") if isinstance(inner, dict) else None
+    if response_format["type"] == "json_schema" and isinstance(schema, dict):
+        return schema
+    raise ValueError("must be text, json_object, or json_schema with a schema")
+
+
+class ChatCompletionRequest(OpenAIRequest):
+    messages: list[OpenAIMessage]
+    tools: list[dict[str, Any]] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _check_messages(cls, value: list[OpenAIMessage]) -> list[OpenAIMessage]:
+        if not value:
+            raise ValueError("must be a non-empty list")
+        return value
+
+
+class CompletionRequest(OpenAIRequest):
+    prompt: str = ""
+    suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _check_prompt(cls, value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+
+class OpenAIEmbeddingRequest(Wire):
+    model: str
+    input: list[str]
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_input(cls, value: Any) -> list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+            raise ValueError("must be a string or a non-empty list of strings")
+        return items
+
+
+# -- errors ----------------------------------------------------------------------------
+
+_PLAIN = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "list_type": "must be a list",
+    "literal_error": "{input} is not one of {expected}",
+    "int_parsing_size": "is too large",
+    "too_long": "is too long",
+}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def describe(error: ValidationError) -> str:
+    """The first problem pydantic found, as `field.path: what is wrong` (no URLs, no class names)."""
+    first = error.errors(include_url=False)[0]
+    kind, ctx = first["type"], first.get("ctx") or {}
+    if isinstance(ctx.get("error"), FieldError):
+        return str(ctx["error"])
+    if kind in _PLAIN:
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        message = _PLAIN[kind].format(expected=expected, input=clip(repr(first.get("input")), 40))
+    else:
+        message = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return f"{_path(first['loc']) or 'body'}: {clip(message, 200)}"
+
+
+__all__ = [
+    "ChatChunk",
+    "ChatCompletionRequest",
+    "ChatRequest",
+    "CompletionRequest",
+    "CopyRequest",
+    "CreateRequest",
+    "EmbedRequest",
+    "EmbeddingsRequest",
+    "FieldError",
+    "GenerateChunk",
+    "GenerateRequest",
+    "Message",
+    "NameRequest",
+    "OpenAIEmbeddingRequest",
+    "Stats",
+    "clip",
+    "describe",
+    "response_schema",
+]
