@@ -97,3 +97,16 @@ def test_a_gguf_without_tensors_is_not_a_model(tmp_path: Path) -> None:
     assert read_header(path).data_end == path.stat().st_size
     with pytest.raises(BadModelFile, match="holds no tensors"):
         inspect(path)
+
+
+def test_a_string_array_longer_than_any_vocabulary_is_refused(tmp_path: Path) -> None:
+    """2**24 empty strings fit in 128 MiB of file; walking them one by one would take a minute, so they are refused."""
+    key = b"tokenizer.ggml.tokens"
+    count = (1 << 24) + 1
+    path = tmp_path / "m.gguf"
+    with path.open("wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key)
+        f.write(struct.pack("<IIQ", 9, 8, count))
+        f.truncate(f.tell() + 8 * count)  # sparse: zero-length strings, no disk used
+    with pytest.raises(BadModelFile, match=f"holds {count} strings, more than the 16777216 loam reads"):
+        inspect(path)

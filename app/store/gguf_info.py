@@ -29,6 +29,7 @@ _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NAME = 64  # GGML_MAX_NAME, counting the NUL llama.cpp stores
 _MAX_NESTING = 8  # arrays of arrays deeper than this are refused, never recursed into
 _INT64_MAX = 2**63 - 1
+_MAX_STRINGS = 1 << 24  # real vocabularies and merge lists hold well under a million
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,8 @@ class _Cursor:
             self.pos += n
         elif etype == _STRING:
             self.fits(count, 8, f"array {key[:80]!r} length")
+            if count > _MAX_STRINGS:  # each is a Python-level step: bound the walk, not just the bytes
+                raise _Invalid(f"array {key[:80]!r} holds {count} strings, more than the {_MAX_STRINGS} loam reads")
             for _ in range(count):
                 n = self.unpack("<Q")
                 if n > self.size - self.pos:
