@@ -10,6 +10,7 @@ as Ollama and OpenAI do, so their official clients keep working.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -94,8 +95,21 @@ def json_schema(value: Any) -> dict[str, Any] | None:
     if value == "json":
         return {"type": "object"}
     if isinstance(value, dict):
-        return value
+        return usable_schema(value)
     raise ValueError('must be "json" or a JSON schema object')
+
+
+def usable_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, once llama.cpp's converter (the one the runner uses) turns it into a grammar; ValueError if not."""
+    from app.runner.sampling import schema_grammar  # llama.cpp's converter, loaded on first use
+
+    try:
+        schema_grammar(schema)
+    except (ValueError, RecursionError) as e:
+        detail = str(e).removeprefix("json_schema is not usable: ")
+        detail = "" if re.search(r"Error|Exception|Traceback", detail) else f" ({clip(detail)})"
+        raise ValueError(f"is not a JSON schema the reply can be held to{detail}") from None
+    return schema
 
 
 # -- Ollama requests ---------------------------------------------------------------
@@ -154,6 +168,14 @@ class GenerateRequest(Generation):
     template: str | None = None
     raw: bool = False
     context: list[int] | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _check_context(cls, value: list[int] | None) -> list[int] | None:
+        if value and not all(0 <= t <= MAX_INT_OPTION for t in value):
+            raise ValueError("must be token ids from an earlier reply")
+        return value
+
     images: list[str] | None = None
 
 
@@ -368,7 +390,7 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
     inner = response_format.get("json_schema")
     schema = inner.get("schema") if isinstance(inner, dict) else None
     if response_format["type"] == "json_schema" and isinstance(schema, dict):
-        return schema
+        return usable_schema(schema)
     raise ValueError("must be text, json_object, or json_schema with a schema")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ OPTIONS = [[], "x", 5, {"temperature": "hot"}, {"num_ctx": -1}, {"num_ctx": 1e15
 KEEP_ALIVE = [1e300, "99999999999h", "soon", True, [], {}, "9" * 500]
 OLLAMA_MESSAGES = ["x", {"a": 1}, [5], [{"content": "x"}], [{"role": "robot"}], [{"role": "user", "content": 5}]]
 
+FORMAT = [5, "xml", [], {"type": 5}, {"$ref": "#/nowhere"}]
 GENERATION = {"model": STRING, "stream": BOOL, "options": OPTIONS, "keep_alive": KEEP_ALIVE, "think": BOOL}
 OPENAI = {
     "model": STRING,
@@ -55,13 +57,19 @@ OPENAI = {
     "stop": [5, [""], [1], {}],
     "n": [2, "1"],
     "stream_options": [[], "x", {"include_usage": "yes"}],
-    "response_format": [{"type": "bogus"}, "x", {"type": "json_schema"}],
+    "response_format": [
+        {"type": "bogus"},
+        "x",
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"schema": {"type": 7}}},
+    ],
 }
 
 #: path, method, a valid body, and bad values per field (each replacing that field in the valid body).
 ROUTES: list[tuple[str, str, dict[str, Any], dict[str, list[Any]]]] = [
     ("/api/generate", "POST", {"model": "tiny", "prompt": "hi"},
-     {**GENERATION, "prompt": STRING[:4], "format": [5, "xml", []], "context": ["x", [1.5], ["a"]], "raw": BOOL}),
+     {**GENERATION, "prompt": STRING[:4], "format": FORMAT,
+     "context": ["x", [1.5], ["a"], [-5]], "raw": BOOL}),
     ("/api/chat", "POST", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]},
      {**GENERATION, "messages": OLLAMA_MESSAGES, "tools": ["x", 5, [5]]}),
     ("/api/embed", "POST", {"model": "tiny", "input": "hi"}, {**GENERATION, "input": [5, [1], {}], "truncate": BOOL}),
@@ -173,24 +181,42 @@ def test_named_errors_read_as_the_api(server: ServerProcess) -> None:
     assert requantize.status_code == 400 and requantize.json()["error"].startswith("quantize: ")
 
 
-def _stream_cut_by_sigterm(server: ServerProcess, path: str, body: dict[str, Any]) -> list[bytes]:
-    lines = []
-    with httpx.stream("POST", server.url + path, json=body, timeout=60) as response:
+def _read(url: str, body: dict[str, Any], lines: list[str], started: threading.Event) -> None:
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
-            if not line.strip():
-                continue
-            lines.append(line.encode())
-            if len(lines) == 2:
-                server.proc.send_signal(signal.SIGTERM)
-    return lines
+            if line.strip():
+                lines.append(line)
+            if len(lines) >= 2:
+                started.set()
 
 
 def test_sigterm_ends_open_streams_with_an_error_line(smollm2_store: Path, tmp_path: Path) -> None:
+    """uvicorn cancels what is still open 3 s after SIGTERM; each stream's last line says why it ends."""
     long = {"num_predict": 100_000, "temperature": 0, "num_ctx": 4096}
     messages = [{"role": "user", "content": "Tell me a very long story."}]
-    with ServerProcess(clone_store(smollm2_store, tmp_path / "models"), tmp_path / "home") as s:
-        lines = _stream_cut_by_sigterm(s, "/api/chat", {"model": "smollm2:135m", "messages": messages, "options": long})
+    models = clone_store(smollm2_store, tmp_path / "models")
+    with ServerProcess(models, tmp_path / "home", LOAM_NUM_PARALLEL="2") as s:
+        chat: list[str] = []
+        sse: list[str] = []
+        streams = [
+            (s.url + "/api/chat", {"model": "smollm2:135m", "messages": messages, "options": long}, chat),
+            (s.url + "/v1/chat/completions", {"model": "smollm2:135m", "messages": messages, "stream": True,
+                                              "max_tokens": 100_000}, sse),
+        ]  # fmt: skip
+        events = [threading.Event() for _ in streams]
+        threads = [
+            threading.Thread(target=_read, args=(url, body, lines, event))
+            for (url, body, lines), event in zip(streams, events, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        assert all(e.wait(60) for e in events)
+        s.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
         assert s.proc.wait(timeout=30) is not None
-    assert json.loads(lines[-1]) == {"error": "server shutting down"}
-    assert all(json.loads(line).get("done") is False for line in lines[:-1])
+    assert json.loads(chat[-1]) == {"error": "server shutting down"}
+    assert all(json.loads(line)["done"] is False for line in chat[:-1])
+    assert sse[-1] == "data: [DONE]"
+    assert json.loads(sse[-2].removeprefix("data: "))["error"]["message"] == "server shutting down"

@@ -41,6 +41,8 @@ def status_of(error: BaseException) -> int:
         return 400
     if isinstance(error, QueueFull):
         return 503
+    if isinstance(error, RunnerError) and error.kind == "request":
+        return 400  # the runner refused what the request asked for (a token id, a sampling value)
     return 500
 
 
