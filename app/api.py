@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from app.server.options import parse_keep_alive
 from app.store.parameters import PARAMETERS, ParameterError, coerce
@@ -88,14 +88,18 @@ def keep_alive_seconds(value: Any) -> float | None:
     return seconds
 
 
-def json_schema(value: Any) -> dict[str, Any] | None:
-    """Ollama's `format`: "json" for any JSON object, or a JSON schema the reply must match."""
+def json_schema(value: Any, convert: bool = True) -> dict[str, Any] | None:
+    """Ollama's `format`: "json" for any JSON object, or a JSON schema the reply must match.
+
+    `convert` checks that llama.cpp can turn the schema into a grammar (the
+    server does; a client leaves that to whichever server it talks to).
+    """
     if value in (None, ""):
         return None
     if value == "json":
         return {"type": "object"}
     if isinstance(value, dict):
-        return usable_schema(value)
+        return usable_schema(value) if convert else value
     raise ValueError('must be "json" or a JSON schema object')
 
 
@@ -150,8 +154,8 @@ class Generation(Wire):
 
     @field_validator("format", mode="before")
     @classmethod
-    def _check_format(cls, value: Any) -> dict[str, Any] | None:
-        return json_schema(value)
+    def _check_format(cls, value: Any, info: ValidationInfo) -> dict[str, Any] | None:
+        return json_schema(value, convert=not (info.context or {}).get("client"))
 
     @field_validator("model")
     @classmethod
@@ -258,9 +262,9 @@ class CreateRequest(NameRequest):
 
 
 class Stats(Wire):
-    """The figures on a final chunk, in nanoseconds, as Ollama sends them."""
+    """The figures on a final chunk, in nanoseconds, as Ollama sends them (read leniently: any server's)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=False)
 
     done: bool = False
     done_reason: str | None = None

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from app import config
+from app.api import ChatRequest, Stats, describe
 from app.errors import LoamError
 
 #: Connecting must be quick; reading may wait through a model load, so it has no limit.
@@ -38,6 +40,10 @@ class ServerError(LoamError):
     def __init__(self, message: str, status: int = 500) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RequestError(LoamError):
+    """A request loam would send is malformed (a bad option, keep_alive, message)."""
 
 
 def _unavailable(host: str) -> ServerUnavailable:
@@ -70,6 +76,13 @@ def _chunk(line: str) -> dict[str, Any] | None:
     item = json.loads(line)
     if isinstance(item, dict) and item.get("error"):
         raise ServerError(str(item["error"]))
+    if not isinstance(item, dict):
+        raise ValueError(f"{line[:100]!r} is not an object")
+    if item.get("done") is True:
+        try:
+            Stats.model_validate(item)  # the final figures are numbers, or the reply is not Ollama's
+        except ValidationError as e:
+            raise ServerError(f"the server's final line is malformed: {describe(e)}") from None
     return item
 
 
@@ -83,11 +96,19 @@ def chat_body(
     stream: bool = True,
     think: bool | None = None,
 ) -> dict[str, Any]:
-    """An /api/chat request body with the unset fields left out (the server's defaults apply)."""
+    """An /api/chat request body with the unset fields left out (the server's defaults apply).
+
+    It is checked against the server's own model (app/api.py) first, so a bad
+    option or keep_alive is the same one-line error without a round trip.
+    """
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     for key, value in (("options", options), ("format", format), ("keep_alive", keep_alive), ("think", think)):
         if value not in (None, {}, ""):
             body[key] = value
+    try:
+        ChatRequest.model_validate(body, context={"client": True})
+    except ValidationError as e:
+        raise RequestError(describe(e)) from None
     return body
 
 
