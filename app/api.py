@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from app.server.options import parse_keep_alive
 from app.store.parameters import PARAMETERS, ParameterError, coerce
@@ -46,6 +46,12 @@ class Wire(BaseModel):
     """A JSON object on the wire: strict types (no "no" for false), unknown fields ignored."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, value: Any) -> Any:
+        """`"field": null` means the field is not set, as Ollama's (Go) server reads it."""
+        return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
 
 
 def _options(value: Any, field: str) -> dict[str, Any]:
@@ -163,6 +169,15 @@ class Generation(Wire):
         if not value:
             raise ValueError("is required")
         return value
+
+    @field_validator("think", mode="before")
+    @classmethod
+    def _check_think(cls, value: Any) -> bool | None:
+        if value is None or isinstance(value, bool):
+            return value
+        if value in ("low", "medium", "high"):
+            return True  # a thinking budget some models take; loam thinks or not
+        raise ValueError('must be true, false, "low", "medium" or "high"')
 
 
 class GenerateRequest(Generation):

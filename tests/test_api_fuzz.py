@@ -42,8 +42,8 @@ GENERIC: list[bytes] = [
     b'{"model": "tiny", "x": ' + DEEP_LIST + b"}",
 ]
 
-STRING = [5, True, [], {}, None, 1e300]
-BOOL = ["no", "true", 1, [], {}]
+STRING = [5, True, [], {}, 1e300, ""]
+BOOL = ["no", "true", 1, [], {}, 0.0]
 OPTIONS = [[], "x", 5, {"temperature": "hot"}, {"num_ctx": -1}, {"num_ctx": 1e15}, {"top_k": [1]}, {"stop": 5}]
 KEEP_ALIVE = [1e300, "99999999999h", "soon", True, [], {}, "9" * 500]
 OLLAMA_MESSAGES = ["x", {"a": 1}, [5], [{"content": "x"}], [{"role": "robot"}], [{"role": "user", "content": 5}]]
@@ -172,6 +172,9 @@ def test_named_errors_read_as_the_api(server: ServerProcess) -> None:
         json={"model": "tiny", "prompt": "a", "options": {"stop": [], "num_predict": 2}, "stream": False},
     )
     assert stop.status_code == 200 and stop.json()["done"]
+    nulls = {"model": "tiny", "messages": None, "stream": None, "options": None, "keep_alive": None, "think": "high"}
+    assert http.post("/api/chat", json=nulls).json()["done_reason"] == "load"  # null is absent, as in Ollama
+    assert http.post("/api/chat", json={"model": None}).json()["error"] == "model: is required"
     forever = http.post("/api/generate", json={"model": "tiny", "keep_alive": -1})
     assert forever.status_code == 200 and forever.json()["done_reason"] == "load"
     made = http.post(
@@ -203,7 +206,7 @@ def test_sigterm_ends_open_streams_with_an_error_line(smollm2_store: Path, tmp_p
         streams = [
             (s.url + "/api/chat", {"model": "smollm2:135m", "messages": messages, "options": long}, chat),
             (s.url + "/v1/chat/completions", {"model": "smollm2:135m", "messages": messages, "stream": True,
-                                              "max_tokens": 100_000}, sse),
+                                              "max_tokens": 100_000, "temperature": 0}, sse),
         ]  # fmt: skip
         events = [threading.Event() for _ in streams]
         threads = [
@@ -219,8 +222,8 @@ def test_sigterm_ends_open_streams_with_an_error_line(smollm2_store: Path, tmp_p
         assert s.proc.wait(timeout=30) is not None
     assert json.loads(chat[-1]) == {"error": "server shutting down"}
     assert all(json.loads(line)["done"] is False for line in chat[:-1])
-    assert sse[-1] == "data: [DONE]"
-    assert json.loads(sse[-2].removeprefix("data: "))["error"]["message"] == "server shutting down"
+    assert sse[-1] == "data: [DONE]", sse[-3:]
+    assert json.loads(sse[-2].removeprefix("data: "))["error"]["message"] == "server shutting down", sse[-3:]
 
 
 def test_the_client_checks_with_the_same_models() -> None:
