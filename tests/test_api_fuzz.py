@@ -200,7 +200,7 @@ def test_sigterm_ends_open_streams_with_an_error_line(smollm2_store: Path, tmp_p
     long = {"num_predict": 100_000, "temperature": 0, "num_ctx": 4096}
     messages = [{"role": "user", "content": "Tell me a very long story."}]
     models = clone_store(smollm2_store, tmp_path / "models")
-    with ServerProcess(models, tmp_path / "home", LOAM_NUM_PARALLEL="2") as s:
+    with ServerProcess(models, tmp_path / "home", LOAM_NUM_PARALLEL="3") as s:
         chat: list[str] = []
         sse: list[str] = []
         streams = [
@@ -213,6 +213,14 @@ def test_sigterm_ends_open_streams_with_an_error_line(smollm2_store: Path, tmp_p
             threading.Thread(target=_read, args=(url, body, lines, event))
             for (url, body, lines), event in zip(streams, events, strict=True)
         ]
+        whole: list[httpx.Response] = []
+        threads.append(
+            threading.Thread(
+                target=lambda: whole.append(
+                    httpx.post(s.url + "/api/chat", json={**streams[0][1], "stream": False}, timeout=60)
+                )
+            )
+        )
         for t in threads:
             t.start()
         assert all(e.wait(60) for e in events)
@@ -220,6 +228,7 @@ def test_sigterm_ends_open_streams_with_an_error_line(smollm2_store: Path, tmp_p
         for t in threads:
             t.join(60)
         assert s.proc.wait(timeout=30) is not None
+    assert whole[0].status_code == 503 and whole[0].json() == {"error": "server shutting down"}
     assert json.loads(chat[-1]) == {"error": "server shutting down"}
     assert all(json.loads(line)["done"] is False for line in chat[:-1])
     assert sse[-1] == "data: [DONE]", sse[-3:]

@@ -119,6 +119,8 @@ def guarded(
         except Exception as e:  # noqa: BLE001 - every failure becomes an HTTP error, never a traceback page
             status = status_of(e)
             return JSONResponse(shape(status, message_of(e)), status_code=status)
+        except asyncio.CancelledError:  # uvicorn's shutdown cancels a reply still being worked on
+            return JSONResponse(shape(503, SHUTTING_DOWN), status_code=503)
 
     return endpoint
 
