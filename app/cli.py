@@ -14,6 +14,7 @@ from app.errors import LoamError
 # start in a fraction of the time the store, httpx and Textual take to import.
 if TYPE_CHECKING:
     from app.store.catalog import Catalog
+    from app.store.names import ModelName
     from app.store.store import ModelDetails, Store
 
 T = TypeVar("T")
@@ -334,10 +335,32 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     store = _store()
     names = [ModelName.parse(n) for n in args.names]
+    remove = _remover(store)
     for text, name in zip(args.names, names, strict=True):
-        _suggesting(text, lambda name=name: store.remove(name))
+        _suggesting(text, lambda name=name: remove(name))
         print(f"deleted '{name.display}'")
     return 0
+
+
+def _remover(store: Store) -> Callable[[ModelName], object]:
+    """Delete through a running server, so it unloads the model at once; straight from the store when none runs."""
+    from app.client import Client, ServerError
+    from app.errors import ModelNotFound
+
+    client = Client()
+    served = {m.get("digest") for m in client.tags()} if client.answers() else set()
+
+    def remove(name: ModelName) -> None:
+        digest = store.get(name).digest.removeprefix("sha256:")  # a missing model fails here, in the store's words
+        if digest not in served:  # no server, or one serving another store: this store alone changes
+            store.remove(name)
+            return
+        try:
+            client.delete(name.display)
+        except ServerError as e:
+            raise ModelNotFound(str(e)) if e.status == 404 else e from None
+
+    return remove
 
 
 def cmd_cp(args: argparse.Namespace) -> int:

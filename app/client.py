@@ -170,6 +170,14 @@ class Client:
         """Unload a model now (keep_alive 0 with an empty prompt, as `ollama stop` does)."""
         self._request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
 
+    def tags(self) -> list[dict[str, Any]]:
+        """The server's models, as /api/tags lists them."""
+        return self._request("GET", "/api/tags").json().get("models", [])
+
+    def delete(self, name: str) -> None:
+        """Delete a model from the store through the server, which unloads it at once."""
+        self._request("DELETE", "/api/delete", json={"model": name})
+
 
 class AsyncClient:
     """The same calls for the TUI, on asyncio, so the UI never waits on the network."""
@@ -286,9 +294,7 @@ def ensure_server(host: str | None = None, timeout: float = START_TIMEOUT) -> st
 
 def _spawn_server() -> subprocess.Popen[bytes]:
     """`loam serve`, detached from this terminal and process group, logging to the state dir."""
-    log_path = server_log()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    with config.open_private_log(server_log()) as log:
         log.write(f"--- started by loam at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         return subprocess.Popen(

@@ -146,12 +146,13 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private_log(path: Path) -> BinaryIO:
-    """Open a log for appending, created 0600 in a 0700 folder; an existing log is made 0600 too."""
+def open_private_log(path: Path, append: bool = True) -> BinaryIO:
+    """Open a log for writing (appending, or from empty), created 0600 in a 0700 folder; an old log is made 0600."""
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
     os.fchmod(fd, PRIVATE_FILE_MODE)
-    return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 def temp_file(folder: Path, prefix: str, suffix: str = "", mode: int | None = None) -> tuple[int, str]:

@@ -19,6 +19,7 @@ from app.store.create import create
 from app.store.modelfile import parse
 from app.store.names import ModelName
 from app.store.store import Store
+from tests.conftest import run_loam
 from tests.server_process import ServerProcess
 
 TIMEOUT = 3
@@ -133,3 +134,15 @@ def test_runners_exit_soon_after_their_server_is_killed(server: ServerProcess) -
     finally:
         kill_quietly(pid)
     print(f"\nrunner gone {time.monotonic() - killed:.3f} s after its server's SIGKILL")
+
+
+def test_loam_rm_with_a_server_running_unloads_the_model(server: ServerProcess, models: Path) -> None:
+    assert generate(server).status_code == 200
+    [pid] = server.runner_pids()
+    env = {k: v for k, v in server.env.items() if k.startswith(("LOAM_", "XDG_"))}
+    removed = run_loam("rm", "tiny", env={**os.environ, **env})
+    assert removed.returncode == 0, removed.stderr
+    assert gone(pid) is not None
+    assert httpx.get(server.url + "/api/ps").json()["models"] == []
+    assert not (models / "manifests/registry.ollama.ai/library/tiny/latest").exists()
+    assert (models / "manifests/registry.ollama.ai/library/other/latest").is_file()

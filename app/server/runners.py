@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from app import config
 from app.errors import LoamError
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,6 @@ class Runner:
         self.timeout = timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"runner-{self.port}.log"
         self.argv = command.argv(model, self.port, args)
         env = {
@@ -87,7 +87,7 @@ class Runner:
             PARENT_ENV: str(os.getpid()),  # the runner exits if this process is gone, even after a SIGKILL
             "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),  # nvidia-smi's numbering
         }
-        with self.log_path.open("wb") as log:
+        with config.open_private_log(self.log_path, append=False) as log:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # Ctrl+C in the server's terminal is the server's to handle
