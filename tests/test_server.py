@@ -265,6 +265,31 @@ def test_binding_beyond_loopback_needs_a_flag(models: Path, tmp_path: Path) -> N
         s.stop()
 
 
+def test_allow_remote_must_be_a_real_boolean(models: Path, tmp_path: Path) -> None:
+    (tmp_path / "loam").mkdir()
+    (tmp_path / "loam" / "config.toml").write_text('[server]\nallow_remote = "false"\n')
+    env = {
+        **os.environ,
+        "LOAM_HOST": f"0.0.0.0:{free_port()}",
+        "LOAM_MODELS": str(models),
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+    refused = subprocess.run([sys.executable, "-m", "app", "serve"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: config.toml: [server] allow_remote = 'false' must be true or false, without quotes; fix the file"
+    ]
+
+
+def test_a_busy_port_is_one_error_line(server: ServerProcess) -> None:
+    env = {**server.env}
+    second = subprocess.run([sys.executable, "-m", "app", "serve"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert second.returncode == 1
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith("error: ") and f"{server.host} is in use" in line
+    assert httpx.get(server.url + "/api/version").status_code == 200  # the first server is unharmed
+
+
 def test_ps_and_stop_commands(server: ServerProcess) -> None:
     ollama.Client(host=server.url).generate("tiny", prompt="a", options={"num_predict": 1}, keep_alive="10m")
     env = {**server.env}

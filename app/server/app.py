@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,17 +95,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _allow_remote(cfg: dict[str, Any]) -> bool:
+    """config.toml's `[server] allow_remote`: a real boolean, since the string "false" would read as true."""
+    server = cfg.get("server")
+    value = server.get("allow_remote", False) if isinstance(server, dict) else False
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"config.toml: [server] allow_remote = {value!r} must be true or false, without quotes; fix the file"
+        )
+    return value
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, bound here so a busy port is one clear line, not uvicorn's log and exit 3."""
+    name = host.strip("[]")
+    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((name, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{host}:{port} is in use, perhaps by another loam serve; stop it or set LOAM_HOST to another port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; check LOAM_HOST") from None
+    sock.set_inheritable(False)
+    return sock
+
+
 def serve(allow_remote: bool = False) -> int:
     """Run the server in the foreground until Ctrl+C; its runners stop with it."""
     address = config.host()
     host, port = address.rsplit(":", 1)
     cfg = config.load_config()
-    allow_remote = allow_remote or bool((cfg.get("server") or {}).get("allow_remote"))
+    allow_remote = allow_remote or _allow_remote(cfg)
     if not is_loopback(host) and not allow_remote:
         raise ConfigError(
             f"LOAM_HOST={address} would accept connections from other machines; "
             "pass --allow-remote (or set [server] allow_remote = true in config.toml) if you mean it"
         )
+    sock = _bound(host, int(port))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per runner call is noise
     settings = settings_from_env(cfg)
@@ -123,7 +156,7 @@ def serve(allow_remote: bool = False) -> int:
         )  # fmt: skip
     )
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its shutdown; for `loam serve` it is the way to stop
         pass
     return 0 if server.started else 1
