@@ -539,3 +539,22 @@ def test_a_sample_through_the_cli(bench: Bench, tiny_gguf_small: Path) -> None:
 def _inspect_bytes(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     inspect(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory", "nul"])
+def test_pull_from_a_path_that_is_no_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        source = str(tmp_path / "pipe")
+        os.mkfifo(source)
+    elif kind == "directory":
+        source = str(tmp_path)
+    elif kind == "nul":
+        source = str(tmp_path / "a\x00b")
+    else:
+        source = kind
+    store = Store(tmp_path / "models")
+    message = run_guarded(lambda: pull(store, Catalog({}, "x"), "a:1", lambda e: None, source=source))
+    assert "give the path" in message or "NUL" in message
+    assert not (tmp_path / "models" / "manifests").exists()
+    leftovers = [p.name for p in (tmp_path / "models" / "blobs").glob("*")] if (tmp_path / "models").exists() else []
+    assert [n for n in leftovers if not n.endswith("-partial.lock")] == []

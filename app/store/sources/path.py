@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import SourceUnavailable
+from app.errors import BadModelFile, SourceUnavailable
 from app.store.blobs import BlobRef, BlobStore, partial_key
+from app.store.gguf_info import open_regular
 from app.store.progress import Meter, ProgressFn
 
 _CHUNK = 4 << 20
@@ -19,7 +21,8 @@ class PathSource:
     path: Path
 
     def describe(self) -> str:
-        return str(self.path)
+        text = str(self.path)
+        return text if len(text) <= 200 else text[:100] + "..." + text[-97:]
 
     def fetch_model(
         self,
@@ -30,11 +33,11 @@ class PathSource:
         validate: Callable[[Path], None],
     ) -> BlobRef:
         try:
-            f = self.path.open("rb")
-        except OSError as e:
-            raise SourceUnavailable(f"cannot read {self.path}: {e.strerror}") from e
+            f = os.fdopen(open_regular(self.path), "rb")  # a FIFO or /dev/zero is refused, never read forever
+        except BadModelFile as e:
+            raise SourceUnavailable(str(e)) from None
         with f:
-            total = self.path.stat().st_size
+            total = os.fstat(f.fileno()).st_size
             key = (
                 partial_key(expected)
                 if expected
