@@ -22,6 +22,8 @@ from app.errors import ConfigError
 from app.hardware import detect, llama_backends
 from app.server import ollama_api, openai_api
 from app.server.generate import Generator
+from app.server.guard import Guard
+from app.server.guard import settings_from_env as guard_settings
 from app.server.options import parse_keep_alive
 from app.server.scheduler import Scheduler, Settings
 from app.server.state import ServerState
@@ -64,13 +66,16 @@ def settings_from_env(cfg: dict[str, Any]) -> Settings:
     )
 
 
-def build_app(state: ServerState) -> Starlette:
+def build_app(state: ServerState, bind_host: str = "127.0.0.1") -> Guard:
+    """The routes behind the browser guard; bind_host decides whether Host headers are checked (loopback only)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await state.scheduler.shutdown()
 
-    return Starlette(routes=ollama_api.routes(state) + openai_api.routes(state), lifespan=lifespan)
+    app = Starlette(routes=ollama_api.routes(state) + openai_api.routes(state), lifespan=lifespan)
+    return Guard(app, guard_settings(bind_host))
 
 
 def new_state(settings: Settings) -> ServerState:
@@ -147,7 +152,7 @@ def serve(allow_remote: bool = False) -> int:
         log.warning("listening on %s: reachable from other machines, with no authentication", address)
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(state),
+            build_app(state, host),
             host=host.strip("[]"),
             port=int(port),
             timeout_graceful_shutdown=3,  # open streams get 3 s, then the runners are stopped regardless
