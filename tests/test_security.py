@@ -13,6 +13,8 @@ import httpx
 import ollama
 import pytest
 
+from app.errors import ConfigError
+from app.server import guard
 from app.store.catalog import Catalog
 from app.store.create import create
 from app.store.modelfile import parse
@@ -212,3 +214,14 @@ def test_official_client_still_works(server: ServerProcess, models: Path, tiny_g
     created = client.create(model="from-blob", files={"tiny.gguf": digest}, stream=False)
     assert created.status == "success"
     client.delete("from-blob")
+
+
+def test_settings_follow_the_bind_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Host check is on while bound to loopback and off with --allow-remote; a bad limit is one clear line."""
+    assert guard.settings_from_env("127.0.0.1").check_host
+    assert guard.settings_from_env("[::1]").check_host
+    assert not guard.settings_from_env("0.0.0.0").check_host
+    assert guard.settings_from_env("localhost").max_body == 32 * 1024 * 1024
+    monkeypatch.setenv("LOAM_MAX_BODY", "lots")
+    with pytest.raises(ConfigError, match="LOAM_MAX_BODY='lots' is not a whole number"):
+        guard.settings_from_env("127.0.0.1")

@@ -207,15 +207,15 @@ class Guard:
                 await _reply(send, 413, f"request body too large: limit {limit} bytes", origin)
 
         async def sending(message: Message) -> None:
+            nonlocal answered
             if overflow:
                 await too_large()
                 return
             if message["type"] == "http.response.start":
-                nonlocal answered
                 answered = True
-            if message["type"] == "http.response.start" and origin is not None:
-                message = dict(message)
-                message["headers"] = [*message.get("headers", []), *_cors(origin)]
+                if origin is not None:
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", []), *_cors(origin)]
             await send(message)
 
         try:
