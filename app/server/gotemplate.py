@@ -12,7 +12,10 @@ reach nothing but the data it is given. A missing key is nil: it prints as ""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +35,58 @@ _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "a": "\a", "b": "\b", "f": "\f"}
 _MAX_RANGE = 100_000
 _NOVALUE = object()
+#: The budget of the render running on this thread (renders run in worker threads, several at once).
+_LOCAL = threading.local()
 
 
 class TemplateError(LoamError, ValueError):
     """A template that cannot be parsed or run; the message says where (line:column) and what is wrong."""
+
+
+class TemplateBudgetExceeded(TemplateError):
+    """A template that ran too long, looped too often or wrote too much; the request is refused with a 400."""
+
+    def __init__(self) -> None:
+        super().__init__("template exceeded its budget")
+
+
+#: Most evaluation steps (nodes walked, range iterations) and output characters one render may take.
+MAX_STEPS = 1_000_000
+MAX_OUTPUT = 4 << 20
+
+
+def timeout() -> float:
+    """Seconds one render may run: LOAM_TEMPLATE_TIMEOUT, 2 by default."""
+    try:
+        value = float(os.environ.get("LOAM_TEMPLATE_TIMEOUT", "2"))
+    except ValueError:
+        return 2.0
+    return value if value > 0 else 2.0
+
+
+class Budget:
+    """What one render may still spend; `step` is called per node and per loop pass, `wrote` per output piece."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.size = 0
+        self.deadline = time.monotonic() + timeout()
+
+    def step(self, n: int = 1) -> None:
+        self.steps += n
+        if self.steps > MAX_STEPS or (self.steps & 255 == 0 and time.monotonic() > self.deadline):
+            raise TemplateBudgetExceeded()
+
+    def wrote(self, n: int) -> None:
+        self.size += n
+        if self.size > MAX_OUTPUT:
+            raise TemplateBudgetExceeded()
+        self.step()
+
+
+def check_template(text: str) -> None:
+    """Raise a TemplateError ("line L:C: ...", line within `text`) when a Go template does not parse."""
+    parse(text)
 
 
 class _Jump(Exception):
@@ -318,6 +369,7 @@ class GoTemplate:
     def execute(self, data: dict[str, Any]) -> str:
         """Render the template with `data` as both `.` and `$`."""
         out: list[str] = []
+        _LOCAL.budget = Budget()
         try:
             self._walk(self._nodes, data, [{"$": data}], out)
         except Fail as e:
@@ -339,13 +391,18 @@ class GoTemplate:
         return GoTemplate(self.source, _cut(self._nodes, name, [False]))
 
     def _walk(self, nodes: list[Any], dot: Any, scopes: list[dict[str, Any]], out: list[str]) -> None:
+        budget: Budget = _LOCAL.budget
         for node in nodes:
+            budget.step()
             if isinstance(node, str):
+                budget.wrote(len(node))
                 out.append(node)
             elif isinstance(node, _Action):
                 value = self._pipe(node.pipe, dot, scopes)
                 if not node.pipe.decl:
-                    out.append(as_text(value))
+                    text = as_text(value)
+                    budget.wrote(len(text))
+                    out.append(text)
             elif isinstance(node, _Branch):
                 scopes.append({})
                 try:
@@ -386,6 +443,7 @@ class GoTemplate:
             return
         names = node.pipe.decl
         for key, elem in pairs:
+            _LOCAL.budget.step()
             scopes.append({names[0]: elem} if len(names) == 1 else {names[0]: key, names[1]: elem} if names else {})
             try:
                 self._walk(node.body, elem, scopes, out)
