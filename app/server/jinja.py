@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from datetime import datetime
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from app.server.gotemplate import TemplateError
+from app.server.gotemplate import _LOCAL, Budget, TemplateBudgetExceeded, TemplateError
 
 #: Longest string or list a template may build with `*`, and largest exponent for `**`.
 _MAX_REPEAT = 1 << 20
@@ -37,19 +39,67 @@ class _GenerationTag(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with `*` and `**` bounded so a template cannot exhaust memory or time."""
+def _spend(n: int = 1) -> None:
+    """Charge the render running on this thread; a TemplateBudgetExceeded once it has run or built too much."""
+    budget = getattr(_LOCAL, "budget", None)
+    if budget is not None:
+        budget.step(n)
+        if time.monotonic() > budget.deadline:
+            raise TemplateBudgetExceeded()
 
-    intercepted_binops = frozenset({"*", "**"})
+
+def _sized(value: Any) -> Any:
+    """Refuse a string or list past _MAX_REPEAT items, charging its size to the budget."""
+    if isinstance(value, (str, list, tuple, dict)):
+        if len(value) > _MAX_REPEAT:
+            raise TemplateBudgetExceeded()
+        _spend(1 + len(value) // 64)
+    return value
+
+
+def _range(*args: int) -> range:
+    """`range`, charged per item so loops over it spend the budget."""
+    r = range(*args)
+    if len(r) > _MAX_REPEAT:
+        raise TemplateBudgetExceeded()
+    _spend(len(r))
+    return r
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with every operator, call and attribute charged to the render's budget."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "~", "-", "/", "//", "%"})
+    intercepted_unops = frozenset({"-", "+"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _spend()
+        return _sized(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _spend()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _spend()
+        return super().getitem(obj, argument)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _spend()
+        for side in (left, right):
+            if isinstance(side, (str, list, tuple)) and len(side) > _MAX_REPEAT:
+                raise TemplateBudgetExceeded()
+        if operator in ("+", "~"):
+            lengths = sum(len(x) if isinstance(x, (str, list, tuple)) else 20 for x in (left, right))
+            if lengths > _MAX_REPEAT:
+                raise TemplateBudgetExceeded()
         if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
             raise SecurityError(f"exponent {right} is too large")
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _MAX_REPEAT:
-                    raise SecurityError("repetition result is too large")
-        return super().call_binop(context, operator, left, right)
+                    raise TemplateBudgetExceeded()
+        return _sized(super().call_binop(context, operator, left, right))
 
 
 def _raise_exception(message: str) -> None:
@@ -82,6 +132,10 @@ _ENV = _Sandbox(
 _ENV.filters["tojson"] = _tojson
 _ENV.globals["raise_exception"] = _raise_exception
 _ENV.globals["strftime_now"] = _strftime_now
+_ENV.globals["range"] = _range
+_ENV.globals["loam_tick"] = _spend
+for _name, _filter in list(_ENV.filters.items()):
+    _ENV.filters[_name] = functools.wraps(_filter)(lambda *a, _f=_filter, **k: _sized(_f(*a, **k)))
 
 
 def _one_line(error: BaseException) -> str:
@@ -91,9 +145,13 @@ def _one_line(error: BaseException) -> str:
 @functools.lru_cache(maxsize=32)
 def _compile(source: str) -> jinja2.Template:
     try:
-        return _ENV.from_string(source)
+        tree = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"chat template, line {e.lineno}: {_one_line(e)}") from None
+    for loop in tree.find_all(nodes.For):  # every pass of every loop, even an empty one, spends the budget
+        tick = nodes.ExprStmt(nodes.Call(nodes.Name("loam_tick", "load"), [], [], None, None))
+        loop.body.insert(0, tick.set_lineno(loop.lineno))
+    return _ENV.from_string(tree)
 
 
 def render_jinja(
@@ -108,17 +166,26 @@ def render_jinja(
 ) -> str:
     """Render a Jinja chat template; every failure, a refused sandbox escape included, is a TemplateError."""
     template = _compile(source)
+    _LOCAL.budget = budget = Budget()
     try:
-        return template.render(
+        pieces: list[str] = []
+        for piece in template.generate(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,
             tools=tools,
             **extra,
-        )
+        ):
+            budget.wrote(len(piece))
+            if time.monotonic() > budget.deadline:
+                raise TemplateBudgetExceeded()
+            pieces.append(piece)
+        return "".join(pieces)
     except TemplateError:
         raise
+    except RecursionError:
+        raise TemplateBudgetExceeded() from None
     except jinja2.TemplateError as e:
         raise TemplateError(f"chat template: {_one_line(e)}") from None
     except Exception as e:  # a template is code from a model file: any failure in it is the template's
