@@ -166,8 +166,14 @@ class Generator:
             if raw:
                 text = prompt
             else:
-                text = render_generate(
-                    call.model.spec(), prompt, system=system, template=template, suffix=suffix, think=call.think
+                text = await asyncio.to_thread(  # off the event loop; the template budget bounds its time
+                    render_generate,
+                    call.model.spec(),
+                    prompt,
+                    system=system,
+                    template=template,
+                    suffix=suffix,
+                    think=call.think,
                 )
             if context:
                 text = await loaded.runner.detokenize(context) + text
