@@ -21,6 +21,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.visitor import NodeTransformer
 
 from app.server.gotemplate import _LOCAL, Budget, TemplateBudgetExceeded, TemplateError
 
@@ -55,6 +56,23 @@ def _sized(value: Any) -> Any:
             raise TemplateBudgetExceeded()
         _spend(1 + len(value) // 64)
     return value
+
+
+def _concat(*parts: Any) -> str:
+    """`a ~ b`, with its result's length checked before it is built."""
+    texts = [p if isinstance(p, str) else str(p) for p in parts]
+    if sum(len(t) for t in texts) > _MAX_REPEAT:
+        raise TemplateBudgetExceeded()
+    _spend()
+    return "".join(texts)
+
+
+class _Concats(NodeTransformer):
+    """Rewrite every `~` into a call of `loam_concat`, since jinja2 offers no sandbox hook for it."""
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Call:  # noqa: N802
+        args = [self.visit(n) for n in node.nodes]
+        return nodes.Call(nodes.Name("loam_concat", "load"), args, [], None, None).set_lineno(node.lineno)
 
 
 def _range(*args: int) -> range:
@@ -134,6 +152,7 @@ _ENV.globals["raise_exception"] = _raise_exception
 _ENV.globals["strftime_now"] = _strftime_now
 _ENV.globals["range"] = _range
 _ENV.globals["loam_tick"] = _spend
+_ENV.globals["loam_concat"] = _concat
 for _name, _filter in list(_ENV.filters.items()):
     _ENV.filters[_name] = functools.wraps(_filter)(lambda *a, _f=_filter, **k: _sized(_f(*a, **k)))
 
@@ -148,6 +167,7 @@ def _compile(source: str) -> jinja2.Template:
         tree = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"chat template, line {e.lineno}: {_one_line(e)}") from None
+    tree = _Concats().visit(tree)
     for loop in tree.find_all(nodes.For):  # every pass of every loop, even an empty one, spends the budget
         tick = nodes.ExprStmt(nodes.Call(nodes.Name("loam_tick", "load"), [], [], None, None))
         loop.body.insert(0, tick.set_lineno(loop.lineno))
