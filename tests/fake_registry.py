@@ -3,6 +3,8 @@
 It speaks what loam's registry source speaks: v2 manifest GET behind the
 bearer-token handshake, blob HEAD and (ranged) GET. Knobs let a test corrupt a
 blob, pause a transfer halfway, or slow it down, and counters say what was sent.
+Plain files under `/files/<name>` can be replaced while served; every response
+carries an ETag and Last-Modified and honours Range with If-Range, like a CDN.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -38,6 +41,12 @@ class FakeRegistry:
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     token_requests: int = 0
     requests: list[str] = field(default_factory=list)
+    #: Replaceable files served at `/files/<name>`: name -> (bytes, modification time).
+    files: dict[str, tuple[bytes, float]] = field(default_factory=dict)
+    #: Whether responses carry ETag and Last-Modified validators.
+    validators: bool = True
+    #: (path, Range header, If-Range header, status) of every GET of bytes.
+    gets: list[tuple[str, str, str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.release = threading.Event()
@@ -77,6 +86,11 @@ class FakeRegistry:
         raw = json.dumps(manifest, indent=2).encode()
         self.manifests[(repository, tag)] = raw
         return raw
+
+    def put_file(self, name: str, data: bytes, mtime: float | None = None) -> str:
+        """Serve `data` at `/files/<name>` (replacing what was there); returns its URL."""
+        self.files[name] = (data, time.time() if mtime is None else mtime)
+        return f"http://{self.host}/files/{name}"
 
     # -- serving -------------------------------------------------------
 
@@ -150,22 +164,41 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.match(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$", url.path)
         if m and m.group(2) in self.state.blobs:
             return self._blob(m.group(2), head)
+        m = re.match(r"^/files/([^/]+)$", url.path)
+        if m and m.group(1) in self.state.files:
+            data, mtime = self.state.files[m.group(1)]
+            return self._bytes(url.path, data, mtime, head)
         self._send(404, b"not found")
 
     def _blob(self, digest: str, head: bool) -> None:
         data = self.state.blobs[digest]
         if digest in self.state.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        self._bytes(digest, data, 0.0, head)
+
+    def _bytes(self, key: str, data: bytes, mtime: float, head: bool) -> None:
+        digest = key
+        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        last_modified = formatdate(mtime, usegmt=True)
         start, end = 0, len(data) - 1
         rng = re.match(r"^bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
+        if_range = self.headers.get("If-Range", "")
+        if rng and if_range and if_range not in (etag, last_modified):
+            rng = None  # RFC 9110: a stale validator gets the whole representation
         if rng:
             start = int(rng.group(1))
             end = min(int(rng.group(2)) if rng.group(2) else end, end)
             if start > end:
                 return self._send(416, b"")
+        if not head:
+            with self.state.lock:
+                self.state.gets.append((key, self.headers.get("Range", ""), if_range, 206 if rng else 200))
         self.send_response(206 if rng else 200)
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
+        if self.state.validators:
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", last_modified)
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         self.end_headers()

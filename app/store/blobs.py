@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import struct
@@ -47,6 +48,10 @@ def partial_key(digest: str) -> str:
 def short_digest(digest: str) -> str:
     """The 12 hex characters people see, as in Ollama's progress lines."""
     return digest_hex(digest)[:12]
+
+
+class DiskFull(StoreWriteError):
+    """The disk filled up while a download was being written."""
 
 
 @dataclass(frozen=True)
@@ -145,22 +150,36 @@ class BlobStore:
     def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold the lock for blob `key` (a `partial_key` or a source key).
 
-        The lock file goes once its blob is final: a waiter that still holds the
-        old file finds the blob in place when it re-checks under the lock.
+        The lock file is removed when the holder is done, success or failure. A
+        waiter that acquired a file since unlinked re-opens the path and tries
+        again, so two holders never lock two different files at once.
         """
         self._ensure_dir()
         lock_path = self.dir / f"{key}-partial.lock"
-        with open(lock_path, "a+b") as f:
-            if not _try_lock(f.fileno()):
-                if on_wait:
-                    on_wait()
-                _lock(f.fileno())
+        waited = False
+        while True:
+            f = open(lock_path, "a+b")  # noqa: SIM115 - held across the yield below
             try:
-                yield
-                if (self.dir / key).is_file():
+                if not _try_lock(f.fileno()):
+                    if on_wait and not waited:
+                        on_wait()
+                    waited = True
+                    _lock(f.fileno())
+                try:
+                    same = os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    _unlock(f.fileno())
+                    continue
+                try:
+                    yield
+                finally:
                     lock_path.unlink(missing_ok=True)
+                    _unlock(f.fileno())
+                return
             finally:
-                _unlock(f.fileno())
+                f.close()
 
     def partial(self, key: str, total: int | None, expected: str | None, parts: int = 1) -> PartialBlob:
         """A resumable partial download for the blob named by `key`."""
@@ -216,13 +235,18 @@ class PartialBlob:
         self.expected = expected
         self.data_path = store.dir / f"{key}-partial"
         self.parts_path = store.dir / f"{key}-partial.parts"
-        self.parts = self._load_parts(total) or _split(total, parts)
+        self.meta_path = store.dir / f"{key}-partial.meta"
+        loaded = self._load_parts(total)
+        self.parts = loaded or _split(total, parts)
+        #: The source's ETag / Last-Modified when the partial's first byte arrived; a resume sends it as If-Range.
+        self.validator: dict[str, str] | None = self._load_validator() if loaded else None
         self.resumed = sum(p.completed for p in self.parts)
         self._cond = threading.Condition()
         self._hasher = hashlib.sha256()
         self._hashed = 0
         self._hash_error: BaseException | None = None
         self._closed = False
+        self._disk_full = False
         with _disk_errors(self.data_path):
             self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o644)
             self._parts_fd = os.open(self.parts_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -237,10 +261,18 @@ class PartialBlob:
     def write(self, index: int, data: bytes | memoryview) -> None:
         """Append `data` to part `index` and record the progress durably enough to resume."""
         part = self.parts[index]
+        try:
+            with _disk_errors(self.data_path):
+                written = os.pwrite(self._fd, data, part.next_offset)
+        except StoreWriteError as e:
+            if isinstance(e.__cause__, OSError) and e.__cause__.errno == errno.ENOSPC:
+                self._disk_full = True
+                raise DiskFull(self._disk_full_message()) from e.__cause__
+            raise
+        if written != len(data):
+            self._disk_full = True
+            raise DiskFull(self._disk_full_message())
         with _disk_errors(self.data_path):
-            written = os.pwrite(self._fd, data, part.next_offset)
-            if written != len(data):
-                raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
             with self._cond:
                 before = part.completed
                 part.completed += written
@@ -248,8 +280,30 @@ class PartialBlob:
                 if part.done or before // _HASH_READ != part.completed // _HASH_READ:
                     self._cond.notify_all()
 
+    def set_validator(self, etag: str | None, last_modified: str | None) -> None:
+        """Record the source's validator for the bytes being written, so a resume can send If-Range."""
+        validator = {k: v for k, v in (("etag", etag), ("last_modified", last_modified)) if v}
+        if validator == (self.validator or {}):
+            return
+        self.validator = validator or None
+        with _disk_errors(self.meta_path):
+            if validator:
+                self.meta_path.write_text(json.dumps(validator))
+            else:
+                self.meta_path.unlink(missing_ok=True)
+
+    def if_range(self) -> str | None:
+        """The If-Range value for a resume: the ETag when it is a strong one, else Last-Modified."""
+        v = self.validator or {}
+        etag = v.get("etag")
+        if etag and not etag.startswith("W/"):
+            return etag
+        return v.get("last_modified")
+
     def reset(self) -> None:
         """Throw away what was written and start from byte 0 (a source that cannot resume)."""
+        self.validator = None
+        self.meta_path.unlink(missing_ok=True)
         if self.completed == 0 and self._hashed == 0:
             return
         self._stop_hashing()
@@ -272,7 +326,7 @@ class PartialBlob:
             self.total = self.completed
             self.parts[0].size = self.completed
         if self.completed != self.total:
-            raise StoreWriteError(f"download of {self.key[:12]} stopped at {self.completed} of {self.total} bytes")
+            raise StoreWriteError(f"download stopped at {self.completed} of {self.total} bytes")
         with self._cond:
             self._cond.notify_all()
         self._hash_thread.join()
@@ -294,6 +348,7 @@ class PartialBlob:
             os.close(fd)
             os.replace(self.data_path, self.store.path(digest))
         self.parts_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
         return BlobRef(digest, self.total)
 
     def discard(self) -> None:
@@ -301,10 +356,14 @@ class PartialBlob:
         self._close_fds()
         self.data_path.unlink(missing_ok=True)
         self.parts_path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Stop hashing and keep the partial bytes for a later resume."""
-        self._close_fds()
+        """Stop hashing and keep the partial bytes for a later resume; after a full disk, delete them."""
+        if self._disk_full:
+            self.discard()
+        else:
+            self._close_fds()
 
     # -- internals -----------------------------------------------------
 
@@ -346,11 +405,26 @@ class PartialBlob:
                 while self._hashed < frontier and not self._closed:
                     chunk = os.pread(self._fd, min(_HASH_READ, frontier - self._hashed), self._hashed)
                     if not chunk:
-                        raise StoreWriteError(f"partial file {self.data_path.name} shrank while hashing")
+                        raise StoreWriteError("the partial download shrank while hashing; pull again")
                     self._hasher.update(chunk)
                     self._hashed += len(chunk)
         except BaseException as e:  # reported by finish()
             self._hash_error = e
+
+    def _disk_full_message(self) -> str:
+        needed = (self.total - self.completed) if self.total is not None else None
+        mb = f"{-(-needed // 1_000_000)} MB" if needed is not None else "more space"
+        return f"disk full: {mb} needed in {self.store.dir}"
+
+    def _load_validator(self) -> dict[str, str] | None:
+        try:
+            raw = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(raw, dict):
+            return None
+        v = {k: str(raw[k]) for k in ("etag", "last_modified") if raw.get(k)}
+        return v or None
 
     def _all_done(self) -> bool:
         return all(p.done for p in self.parts)

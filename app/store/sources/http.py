@@ -3,16 +3,22 @@ the ranged streaming of a blob into a partial file."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 import httpcore
 import httpx
 
 from app import __version__
 from app.errors import SourceUnavailable
-from app.store.blobs import PartialBlob
-from app.store.progress import Meter
+from app.store.blobs import DiskFull, PartialBlob
+from app.store.progress import Meter, ProgressEvent, ProgressFn
+
+#: Said once when a partial's source no longer serves the bytes it began with.
+CHANGED_NOTE = "source changed since the partial began; starting over"
+NO_VALIDATOR_NOTE = "the partial has no ETag or Last-Modified to check it against; starting over"
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 #: Times a dropped transfer is resumed before the pull gives up on the source.
@@ -49,20 +55,44 @@ def describe_error(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def note_to(progress: ProgressFn | None) -> Callable[[str], None]:
+    """A one-line note on the progress stream, or on stderr when there is none."""
+
+    def note(text: str) -> None:
+        if progress is None:
+            print(text, file=sys.stderr)
+        else:
+            progress(ProgressEvent(text))
+
+    return note
+
+
 def download(
-    http: httpx.Client, url: str, partial: PartialBlob, meter: Meter, headers: dict[str, str] | None = None
+    http: httpx.Client,
+    url: str,
+    partial: PartialBlob,
+    meter: Meter,
+    headers: dict[str, str] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> None:
     """Fetch every unfinished part of `partial` in its own thread; report progress from this one.
 
+    A resume sends If-Range with the validator recorded when the partial began,
+    so a changed source restarts from byte 0 instead of splicing two files. A
+    partial without a validator or a known digest cannot be trusted: it restarts.
     Workers are daemon threads, so Ctrl+C in this thread ends the pull at once;
-    what they wrote stays recorded for a resume.
+    what they wrote stays recorded for a resume. A full disk deletes the partial.
     """
+    note = note or note_to(None)
+    if partial.completed and partial.expected is None and partial.if_range() is None:
+        note(NO_VALIDATOR_NOTE)
+        partial.reset()
     cancelled = threading.Event()
     errors: list[BaseException] = []
 
     def work(index: int) -> None:
         try:
-            stream_range(http, url, partial, index, headers, cancelled)
+            stream_range(http, url, partial, index, headers, cancelled, note)
         except BaseException as e:
             errors.append(e)
             cancelled.set()
@@ -78,6 +108,12 @@ def download(
     finally:
         cancelled.set()
     if errors:
+        full = next((e for e in errors if isinstance(e, DiskFull)), None)
+        if full is not None:
+            for w in workers:
+                w.join()
+            partial.discard()
+            raise full
         raise errors[0]
     meter.update(partial.completed, force=True)
 
@@ -89,12 +125,13 @@ def stream_range(
     index: int,
     headers: dict[str, str] | None = None,
     cancelled: threading.Event | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> None:
     """Fetch the unwritten rest of part `index` into `partial`, resuming after a
     dropped connection up to RETRIES times from the last byte written."""
     for attempt in range(RETRIES + 1):
         try:
-            _stream_once(http, url, partial, index, headers, cancelled)
+            _stream_once(http, url, partial, index, headers, cancelled, note or note_to(None))
             return
         except (httpx.TransportError, _ClosedEarly) as e:
             if attempt == RETRIES or (cancelled is not None and cancelled.is_set()):
@@ -117,22 +154,31 @@ def _stream_once(
     index: int,
     headers: dict[str, str] | None,
     cancelled: threading.Event | None,
+    note: Callable[[str], None],
 ) -> None:
     part = partial.parts[index]
     if part.done:
         return
     request_headers = dict(headers or {})
     ranged = part.next_offset > 0 or part.size != partial.total
+    if_range = partial.if_range() if partial.completed else None
     if ranged:
         end = "" if part.size is None else str(part.offset + part.size - 1)
         request_headers["Range"] = f"bytes={part.next_offset}-{end}"
+        if if_range:
+            request_headers["If-Range"] = if_range
     with http.stream("GET", url, headers=request_headers) as response:
         response.raise_for_status()
         if ranged and response.status_code != 206:
             if index == 0 and len(partial.parts) == 1:
+                if part.next_offset > 0:
+                    note(CHANGED_NOTE if if_range else "the source ignores byte ranges; starting over")
                 partial.reset()
+                part = partial.parts[index]
             else:
-                raise SourceUnavailable(f"{url} ignores byte ranges; cannot resume")
+                raise SourceUnavailable(f"{url} changed or ignores byte ranges; cannot resume, pull again")
+        if partial.completed == 0 or partial.validator is None:
+            partial.set_validator(response.headers.get("etag"), response.headers.get("last-modified"))
         for chunk in response.iter_raw():
             if cancelled is not None and cancelled.is_set():
                 return

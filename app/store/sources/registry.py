@@ -105,6 +105,7 @@ class RegistrySource:
                     partial,
                     Meter(progress, status, layer.digest, layer.size),
                     session.auth_headers(),
+                    note=http.note_to(progress),
                 )
                 try:
                     ref = partial.finish(validate)
