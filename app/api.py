@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from app.server.options import parse_keep_alive
 from app.store.parameters import PARAMETERS, ParameterError, coerce
@@ -138,10 +147,20 @@ class Message(Wire):
     tool_name: str | None = None
 
 
+def _required(value: str) -> str:
+    if not value:
+        raise ValueError("is required")
+    return value
+
+
+#: A model name that must be given and not be empty.
+RequiredName = Annotated[str, AfterValidator(_required)]
+
+
 class Generation(Wire):
     """What /api/generate, /api/chat and the embedding routes share: a model, options, keep_alive."""
 
-    model: str
+    model: RequiredName
     options: dict[str, Any] = {}
     keep_alive: float | None = None
     stream: bool = True
@@ -162,13 +181,6 @@ class Generation(Wire):
     @classmethod
     def _check_format(cls, value: Any, info: ValidationInfo) -> dict[str, Any] | None:
         return json_schema(value, convert=not (info.context or {}).get("client"))
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: str) -> str:
-        if not value:
-            raise ValueError("is required")
-        return value
 
     @field_validator("think", mode="before")
     @classmethod
@@ -336,7 +348,7 @@ class StreamOptions(Wire):
 class OpenAIRequest(Wire):
     """The sampling fields OpenAI's chat and text completions share."""
 
-    model: str
+    model: RequiredName
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
@@ -349,13 +361,6 @@ class OpenAIRequest(Wire):
     max_completion_tokens: int | None = None
     n: Literal[1] | None = None
     response_format: dict[str, Any] | None = None
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: str) -> str:
-        if not value:
-            raise ValueError("is required")
-        return value
 
     @field_validator("stop", mode="before")
     @classmethod
