@@ -125,3 +125,44 @@ def test_lock_serializes_writers_of_one_blob(tmp_path: Path) -> None:
         order.append("first done")
     t.join(5)
     assert order == ["first done"] and not t.is_alive()
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"etag": 5}',
+        b'{"etag": "\\"a\\"\\r\\nX-Evil: 1"}',
+        b'{"etag": "' + b"x" * 5000 + b'"}',
+        b"\xff\xfe",
+        b'{"last_modified": null}',
+    ],
+)
+def test_a_damaged_validator_file_means_no_if_range(tmp_path: Path, meta: bytes) -> None:
+    store = BlobStore(tmp_path)
+    partial = store.partial("url-test", 8, None)
+    partial.write(0, b"abcd")
+    partial.set_validator('"v1"', None)
+    partial.close()
+    assert (tmp_path / "blobs" / "url-test-partial.meta").is_file()
+    (tmp_path / "blobs" / "url-test-partial.meta").write_bytes(meta)
+    again = store.partial("url-test", 8, None)
+    try:
+        assert again.validator is None and again.if_range() is None
+    finally:
+        again.close()
+
+
+def test_a_sound_validator_file_is_read_back(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    partial = store.partial("url-test", 8, None)
+    partial.write(0, b"abcd")
+    partial.set_validator('"v1"', "Tue, 01 Dec 2026 10:00:00 GMT")
+    partial.close()
+    again = store.partial("url-test", 8, None)
+    try:
+        assert again.if_range() == '"v1"'
+    finally:
+        again.close()

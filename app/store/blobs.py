@@ -40,6 +40,11 @@ def digest_hex(digest: str) -> str:
     return m.group(1)
 
 
+def _header_safe(value: str) -> bool:
+    """Whether a recorded validator can go back into an If-Range header: short, printable ASCII, one line."""
+    return 0 < len(value) <= 1024 and value.isascii() and value.isprintable()
+
+
 def partial_key(digest: str) -> str:
     """The name stem of a digest's partial, lock and parts files: `sha256-<hex>`, as Ollama names them."""
     return "sha256-" + digest_hex(digest)
@@ -423,7 +428,7 @@ class PartialBlob:
             return None
         if not isinstance(raw, dict):
             return None
-        v = {k: str(raw[k]) for k in ("etag", "last_modified") if raw.get(k)}
+        v = {k: raw[k] for k in ("etag", "last_modified") if isinstance(raw.get(k), str) and _header_safe(raw[k])}
         return v or None
 
     def _all_done(self) -> bool:
