@@ -108,6 +108,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
     p.add_argument("--modelfile", action="store_true", help="print a Modelfile that builds this model")
 
+    p = command("bench", cmd_bench, "Load-test models: concurrent streams, TTFT, inter-token latency, tok/s")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="models to measure through loam's server")
+    p.add_argument("--concurrency", default="1,2,4,8", metavar="N,N,...", help="concurrent clients per level")
+    p.add_argument("--prompt-tokens", type=int, default=512, metavar="N", help="prompt length in tokens")
+    p.add_argument("--gen", type=int, default=128, metavar="N", help="tokens to generate per request")
+    p.add_argument("--requests", type=int, default=0, metavar="N", help="requests per level (default: 2 per client)")
+    p.add_argument("--time-limit", type=float, default=300.0, metavar="S", help="seconds per level at most")
+    p.add_argument("--target", metavar="URL", help="measure another server (Ollama, llama-server, vLLM) instead")
+    p.add_argument("--api", choices=("ollama", "openai", "llama-server"), help="the target's API (default: ollama)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests before the levels")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--csv", action="store_true", help="print the results as CSV")
+    p.add_argument("--no-chart", action="store_true", help="do not draw the terminal chart")
+    p.add_argument("--no-save", action="store_true", help="do not remember the results")
+
+    p = command("eval", cmd_eval, "Measure model quality: perplexity, KL divergence, multiple-choice accuracy")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="store names or .gguf paths")
+    p.add_argument("--perplexity", metavar="FILE", help="a text file to compute perplexity on")
+    p.add_argument("--ctx", type=int, default=512, metavar="N", help="window size in tokens (default 512)")
+    p.add_argument("--chunks", type=int, default=0, metavar="N", help="score only the first N windows")
+    p.add_argument("--kld", metavar="BASE", help="KL divergence of each model from BASE over the same windows")
+    p.add_argument("--choices", metavar="FILE", help="multiple-choice tasks: llama.cpp's binary format or JSONL")
+    p.add_argument("--tasks", type=int, default=0, metavar="N", help="use only the first N multiple-choice tasks")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (default: physical cores)")
+    p.add_argument("--num-gpu", type=int, default=-1, metavar="N", help="layers on the GPU (default: what fits)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--no-save", action="store_true", help="do not remember the results")
+
+    p = command("ladder", cmd_ladder, "Quantize a model to several types and compare size, speed and quality")
+    p.add_argument("source", help="an F32/F16/BF16 model: store name or .gguf path")
+    p.add_argument("--types", default="q8_0,q6_K,q5_K_M,q4_K_M,q4_0", metavar="T,T,...", help="types to make")
+    p.add_argument("--text", metavar="FILE", help="text for perplexity and KL divergence")
+    p.add_argument("--choices", metavar="FILE", help="multiple-choice tasks for accuracy")
+    p.add_argument("--ctx", type=int, default=512, metavar="N", help="eval window and bench context (default 512)")
+    p.add_argument("--chunks", type=int, default=0, metavar="N", help="score only the first N windows")
+    p.add_argument("--tasks", type=int, default=0, metavar="N", help="use only the first N multiple-choice tasks")
+    p.add_argument("--prompt-tokens", type=int, default=256, metavar="N", help="bench prompt length")
+    p.add_argument("--gen", type=int, default=64, metavar="N", help="bench tokens per request")
+    p.add_argument("--kld-threshold", type=float, default=0.05, metavar="X", help="recommendation: mean KLD under X")
+    p.add_argument("--report", metavar="FILE.md", help="write the table, chart and command to a Markdown file")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
     p = command("rm", cmd_rm, "Remove models and the blobs no other model uses")
     p.add_argument("names", nargs="+", metavar="NAME")
 
@@ -328,6 +370,24 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(format_details(details))
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from app.measure import bench
+
+    return bench.run(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from app.measure import evaluate
+
+    return evaluate.run(args)
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from app.measure import ladder
+
+    return ladder.run(args)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

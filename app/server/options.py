@@ -90,7 +90,12 @@ def merged(defaults: dict[str, Any], request: dict[str, Any] | None) -> dict[str
 
 
 def load_options(options: dict[str, Any], context_length: int | None, parallel: int) -> LoadOptions:
-    """The load-time part of merged options; num_ctx capped at what the model was trained for."""
+    """The load-time part of merged options; num_ctx capped at what the model was trained for.
+
+    `parallel` is the server's slot count (LOAM_NUM_PARALLEL); a request's
+    `num_parallel` option overrides it, so a benchmark can load a model with
+    as many slots as it has concurrent clients.
+    """
     num_ctx = int(options.get("num_ctx") or DEFAULT_NUM_CTX)
     if context_length:
         num_ctx = min(num_ctx, context_length)
@@ -102,7 +107,7 @@ def load_options(options: dict[str, Any], context_length: int | None, parallel: 
         num_thread=int(options.get("num_thread") or 0),
         use_mmap=bool(options.get("use_mmap", True)),
         use_mlock=bool(options.get("use_mlock", False)),
-        parallel=parallel,
+        parallel=int(options.get("num_parallel") or parallel),
     )
 
 

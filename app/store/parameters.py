@@ -29,6 +29,7 @@ PARAMETERS: dict[str, Spec] = {
     "num_gpu": Spec(int, -1, None, "layers to offload to the GPU; -1 decides from free memory"),
     "main_gpu": Spec(int, 0, None, "GPU that holds small tensors and scratch buffers"),
     "num_thread": Spec(int, 0, None, "CPU threads; 0 picks the number of physical cores"),
+    "num_parallel": Spec(int, 1, 64, "slots: requests one loaded model answers at once"),
     "num_keep": Spec(int, -1, None, "prompt tokens kept when the context overflows; -1 keeps all"),
     "seed": Spec(int, None, None, "random seed; -1 picks one per request"),
     "num_predict": Spec(int, -2, None, "most tokens to generate; -1 no limit, -2 fill the context"),
