@@ -368,7 +368,9 @@ def _show(args: argparse.Namespace) -> int:
         for flag in only:
             print(_section_text(details, flag))
         return 0
-    print(format_details(details))
+    from app.measure.results import summary
+
+    print(format_details(details, summary(details.stored.digest)))
     return 0
 
 
@@ -450,8 +452,8 @@ def _parameter_lines(parameters: dict[str, object]) -> list[str]:
     return lines
 
 
-def format_details(details: ModelDetails) -> str:
-    """`loam show`: the Model section, then parameters, system, template, license when present."""
+def format_details(details: ModelDetails, measured: str = "") -> str:
+    """`loam show`: the Model section, figures measured here, then parameters, system, template, license."""
     info = details.info
     rows = [
         ("architecture", info.architecture),
@@ -461,6 +463,8 @@ def format_details(details: ModelDetails) -> str:
         ("quantization", info.file_type),
     ]
     out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows if v is not None]
+    if measured:
+        out += ["", "  Measured on this machine", f"    {measured}"]
     if details.parameters:
         out += ["", "  Parameters"] + [f"    {line}" for line in _parameter_lines(details.parameters)]
     for title, text, limit in (

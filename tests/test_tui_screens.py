@@ -119,7 +119,7 @@ def tags(server: ServerProcess) -> dict[str, dict[str, Any]]:
 # -- the model picker -------------------------------------------------------------
 
 
-def test_picker_lists_models_and_enter_picks_the_highlighted_one(server: ServerProcess) -> None:
+def test_picker_lists_models_and_enter_picks_the_highlighted_one(server: ServerProcess, loam_home: Path) -> None:
     listed = tags(server)
 
     async def scenario(pilot: Pilot[None], host: Host) -> None:
@@ -132,6 +132,7 @@ def test_picker_lists_models_and_enter_picks_the_highlighted_one(server: ServerP
             human_bytes(tiny["size"]),
             tiny["details"]["parameter_size"],
             tiny["details"]["quantization_level"],
+            "",  # nothing measured in this home
         ]
         assert table.get_row("tiny-copy:latest")[0] == "  tiny-copy:latest"
         assert tiny["details"]["quantization_level"] and table.get_row("tiny:latest")[3]
@@ -230,7 +231,7 @@ def test_picker_of_an_empty_store_says_how_to_pull(loam_home: Path) -> None:
 
 
 def test_model_row_without_details() -> None:
-    assert model_row({"name": "x:latest"}, None) == ("  x:latest", "", "", "")
+    assert model_row({"name": "x:latest"}, None) == ("  x:latest", "", "", "", "")
     assert model_row({"name": "x:latest", "size": 2500}, "x")[:2] == ("● x:latest", "2.5 KB")
 
 
@@ -248,6 +249,25 @@ def test_info_shows_architecture_and_the_chosen_tab(server: ServerProcess) -> No
         assert "FROM " in screen.query_one("#text-modelfile", TextArea).text
 
     drive(InfoScreen(AsyncClient(server.host), "tiny", section="parameters"), scenario)
+
+
+def test_info_and_picker_show_what_was_measured_here(server: ServerProcess, loam_home: Path) -> None:
+    from app.measure import results
+
+    digest = Store(Path(server.env["LOAM_MODELS"])).show(ModelName.parse("tiny")).stored.digest
+    results.record("bench", digest, "tiny", {"gen_tps_1": 321.0}, {"gen": 64})
+
+    async def info(pilot: Pilot[None], host: Host) -> None:
+        text = pilot.app.screen.query_one("#text-measured", TextArea).text
+        assert "bench  gen_tps_1 321  (gen=64)" in text
+
+    async def picker(pilot: Pilot[None], host: Host) -> None:
+        table = pilot.app.screen.query_one(DataTable)
+        rows = {str(row[0]).strip(): row[4] for row in (table.get_row_at(i) for i in range(table.row_count))}
+        assert rows["tiny:latest"] == "321 tok/s" and rows["tiny-copy:latest"] == "321 tok/s"  # same manifest
+
+    drive(InfoScreen(AsyncClient(server.host), "tiny", section="measured"), info)
+    drive(ModelPicker(AsyncClient(server.host), None), picker)
 
 
 def test_info_of_a_missing_model_shows_the_error(server: ServerProcess) -> None:

@@ -28,7 +28,7 @@ class Measurement:
     """One run's figures for one model."""
 
     kind: str  # "bench" | "eval"
-    digest: str  # the model's manifest digest ("sha256:..."), or the GGUF file's for a path
+    digest: str  # the model's manifest digest (as /api/tags lists it), or the GGUF file's sha256 for a path
     name: str
     figures: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
@@ -66,10 +66,11 @@ def _folder() -> Path:
 
 
 def _path(digest: str) -> Path:
-    safe = digest.replace("sha256:", "sha256-")
-    if not safe.replace("-", "").isalnum():
-        raise ValueError(f"not a digest: {digest!r}")
-    return _folder() / f"{safe}.jsonl"
+    """The file of a model's measurements; a digest may be spelled sha256:HEX, sha256-HEX or HEX."""
+    hex_part = digest.removeprefix("sha256:").removeprefix("sha256-")
+    if len(hex_part) != 64 or any(c not in "0123456789abcdef" for c in hex_part):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return _folder() / f"sha256-{hex_part}.jsonl"
 
 
 def record(kind: str, digest: str, name: str, figures: dict[str, Any], settings: dict[str, Any]) -> Measurement:
@@ -144,3 +145,28 @@ def summary(digest: str) -> str:
     if got := _number(last, "eval.accuracy"):
         parts.append(f"{got[0]:.1f}% multiple choice")
     return ", ".join(parts)
+
+
+def generation_rate(digest: str) -> float | None:
+    """The latest single-stream generation rate measured here, in tokens per second."""
+    got = _number(latest(digest), "bench.gen_tps_1")
+    return got[0] if got else None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def history_lines(digest: str, limit: int = 50) -> list[str]:
+    """The newest runs first, one line each: when, what, the scalar figures, the settings."""
+    lines = []
+    for m in reversed(history(digest)[-limit:]):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.time))
+        figures = ", ".join(
+            f"{k} {_shown(v)}" for k, v in m.figures.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40
+        )
+        settings = ", ".join(f"{k}={_shown(v)}" for k, v in m.settings.items() if isinstance(v, (int, float, str)))
+        lines.append(f"{when}  {m.kind:<5}  {figures}" + (f"  ({settings})" if settings else ""))
+    return lines

@@ -35,13 +35,15 @@ from app import config
 from app.client import AsyncClient
 from app.display import human_bytes
 from app.errors import InvalidName, LoamError
+from app.measure import results
 from app.store.catalog import Catalog, CatalogEntry
 from app.store.names import ModelName
 
 EMPTY_STORE = "No models yet — press p to pull one"
 PULL_PLACEHOLDER = "model name, e.g. smollm2:135m"
 #: The tabs of the info screen, in the order `ollama show` offers them.
-SECTIONS = ("info", "modelfile", "parameters", "system", "template", "license")
+SECTIONS = ("info", "modelfile", "parameters", "system", "template", "license", "measured")
+NOT_MEASURED = "Nothing measured on this machine yet: run `loam bench NAME` or `loam eval NAME --perplexity FILE`."
 CURRENT_MARK = "● "
 #: What a call to the server may fail with; the screens show it as a line, never a traceback.
 FAILURES = (LoamError, httpx.HTTPError)
@@ -70,8 +72,8 @@ def display_name(name: str) -> str:
         return name
 
 
-def model_row(model: dict[str, Any], current: str | None) -> tuple[str, str, str, str]:
-    """NAME, SIZE, PARAMS and QUANT of one /api/tags entry; the chat's current model is marked."""
+def model_row(model: dict[str, Any], current: str | None, rate: float | None = None) -> tuple[str, str, str, str, str]:
+    """NAME, SIZE, PARAMS, QUANT and measured SPEED of one /api/tags entry; the current model is marked."""
     name = str(model.get("name", ""))
     details = model.get("details") or {}
     mark = CURRENT_MARK if current and display_name(current) == name else "  "
@@ -81,6 +83,7 @@ def model_row(model: dict[str, Any], current: str | None) -> tuple[str, str, str
         human_bytes(size) if isinstance(size, int) else "",
         str(details.get("parameter_size") or ""),
         str(details.get("quantization_level") or ""),
+        f"{rate:.0f} tok/s" if rate else "",
     )
 
 
@@ -205,8 +208,20 @@ class InfoScreen(ModalScreen[None]):
             show_error(self, failure_text(e))
             return
         self.query_one("#info-rows", Static).update(info_text(show))
-        for section in SECTIONS[1:]:
+        for section in SECTIONS[1:-1]:
             self.query_one(f"#text-{section}", TextArea).text = section_text(show, section)
+        self.query_one("#text-measured", TextArea).text = await self._measured()
+
+    async def _measured(self) -> str:
+        """The runs of `loam bench` and `loam eval` remembered for this model, newest first."""
+        try:
+            tags = await self.client.tags()
+        except FAILURES:
+            return NOT_MEASURED
+        name = display_name(self.model_name)
+        digest = next((str(m.get("digest") or "") for m in tags if m.get("name") == name), "")
+        lines = await asyncio.to_thread(results.history_lines, digest) if digest else []
+        return "\n".join(lines) or NOT_MEASURED
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -377,7 +392,7 @@ class ModelPicker(ModalScreen[str | None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns("NAME", "SIZE", "PARAMS", "QUANT")
+        self.query_one(DataTable).add_columns("NAME", "SIZE", "PARAMS", "QUANT", "SPEED")
         self.query_one("#empty").display = False
         show_error(self, "")
         self.reload(self.current)
@@ -396,13 +411,15 @@ class ModelPicker(ModalScreen[str | None]):
         finally:
             table.loading = False
         show_error(self, "")
-        self._fill(sorted(models, key=lambda m: str(m.get("name", ""))), target)
+        rates = await asyncio.to_thread(lambda: [results.generation_rate(str(m.get("digest") or "")) for m in models])
+        self._fill(sorted(zip(models, rates, strict=True), key=lambda mr: str(mr[0].get("name", ""))), target)
 
-    def _fill(self, models: list[dict[str, Any]], target: str | None) -> None:
+    def _fill(self, rows: list[tuple[dict[str, Any], float | None]], target: str | None) -> None:
         table = self.query_one(DataTable)
         table.clear()
-        for model in models:
-            table.add_row(*model_row(model, self.current), key=str(model.get("name", "")))
+        models = [model for model, _ in rows]
+        for model, rate in rows:
+            table.add_row(*model_row(model, self.current, rate), key=str(model.get("name", "")))
         table.display = bool(models)
         self.query_one("#empty").display = not models
         names = [str(m.get("name", "")) for m in models]
