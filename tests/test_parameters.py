@@ -82,3 +82,12 @@ def test_catalog_parameters_are_checked_with_the_same_table(tmp_path: Path) -> N
     path.write_text('[models."x:1"]\nsources = [{ path = "x.gguf" }]\nparameters = { stop = "END", num_ctx = 512 }\n')
     entry = next(iter(Catalog.from_file(path).entries.values()))
     assert entry.parameters == {"stop": ["END"], "num_ctx": 512}
+
+
+def test_num_parallel_is_a_load_option_over_the_servers_slot_count() -> None:
+    from app.server.options import load_options, merged
+
+    assert load_options(merged({}, {}), None, 2).parallel == 2
+    assert load_options(merged({}, {"num_parallel": 8}), None, 2).parallel == 8
+    with pytest.raises(ValueError, match="num_parallel"):
+        merged({}, {"num_parallel": 0})
