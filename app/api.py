@@ -192,7 +192,34 @@ class Generation(Wire):
         raise ValueError('must be true, false, "low", "medium" or "high"')
 
 
-class GenerateRequest(Generation):
+#: Most alternatives a request may ask for at each position (Ollama's and OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
+
+def _top_count(value: Any) -> Any:
+    """A top_logprobs count: a whole number from 0 to MAX_TOP_LOGPROBS (a 400 otherwise, as Ollama answers)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"must be between 0 and {MAX_TOP_LOGPROBS}")
+    return value
+
+
+class Sampled(Generation):
+    """Generate and chat: a reply is sampled, so its tokens' log-probabilities can come back with it."""
+
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, value: int) -> int:
+        return _top_count(value)
+
+    def logprob_count(self) -> int | None:
+        """Alternatives wanted per token, or None when no log-probabilities are (top_logprobs implies logprobs)."""
+        return self.top_logprobs if self.logprobs or self.top_logprobs else None
+
+
+class GenerateRequest(Sampled):
     prompt: str | None = None
     suffix: str | None = None
     system: str | None = None
@@ -210,7 +237,7 @@ class GenerateRequest(Generation):
     images: list[str] | None = None
 
 
-class ChatRequest(Generation):
+class ChatRequest(Sampled):
     messages: list[Message] = []
     tools: list[dict[str, Any]] | None = None
 
@@ -307,6 +334,7 @@ class ChatChunk(Stats):
     model: str = ""
     created_at: str = ""
     message: Message | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class GenerateChunk(Stats):
@@ -315,6 +343,7 @@ class GenerateChunk(Stats):
     response: str = ""
     thinking: str | None = None
     context: list[int] | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 # -- OpenAI requests -----------------------------------------------------------------
@@ -421,6 +450,23 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
 class ChatCompletionRequest(OpenAIRequest):
     messages: list[OpenAIMessage]
     tools: list[dict[str, Any]] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, value: int | None) -> int | None:
+        return _top_count(value)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise FieldError("top_logprobs", "needs logprobs: true")  # as OpenAI answers
+        return self
+
+    def logprob_count(self) -> int | None:
+        """Alternatives wanted per token, or None when no log-probabilities are."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("messages")
     @classmethod
@@ -430,20 +476,41 @@ class ChatCompletionRequest(OpenAIRequest):
         return value
 
 
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_INT_OPTION for t in value
+    )
+
+
 class CompletionRequest(OpenAIRequest):
-    prompt: str = ""
+    """A text completion; `prompt` is text or token ids (as evaluation harnesses send), one prompt per request."""
+
+    prompt: str | list[int] = ""
     suffix: str | None = None
+    logprobs: int | None = None  # alternatives per token (OpenAI allows 5; loam up to 20)
+    echo: bool = False  # the prompt comes back before the reply, with its tokens' logprobs when asked
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _check_prompt(cls, value: Any) -> Any:
         if value is None:
             return ""
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            return value[0]
-        if not isinstance(value, str):
-            raise ValueError("must be a string")
-        return value
+        if isinstance(value, list) and len(value) == 1 and (isinstance(value[0], str) or _token_ids(value[0])):
+            value = value[0]
+        if isinstance(value, str):
+            return value
+        if _token_ids(value) and value:
+            return value
+        if isinstance(value, list) and value and all(isinstance(p, (str, list)) for p in value):
+            raise ValueError("takes one prompt per request; send several requests")
+        raise ValueError("must be a string or a list of token ids")
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _check_logprobs(cls, value: Any) -> Any:
+        if value is False:
+            return None
+        return _top_count(value)
 
 
 class OpenAIEmbeddingRequest(Wire):
@@ -520,4 +587,5 @@ __all__ = [
     "clip",
     "describe",
     "response_schema",
+    "Sampled",
 ]

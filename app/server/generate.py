@@ -77,6 +77,8 @@ class Done:
     eval_count: int = 0
     eval: float = 0.0
     context: list[int] = field(default_factory=list)
+    #: The runner's per-token entries not yet sent with a Piece (all of them, after `gather`).
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     def figures(self) -> dict[str, int]:
         ns = lambda s: int(round(s * 1e9))  # noqa: E731
@@ -92,8 +94,14 @@ class Done:
 
 @dataclass
 class Piece:
+    """Text of a reply, with the runner's entries for the tokens it came from (when logprobs were asked for).
+
+    An entry is llama-server's: {id, token, bytes, logprob, top_logprobs: [{id, token, bytes, logprob}]}.
+    """
+
     content: str = ""
     thinking: str = ""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +113,7 @@ class Call:
     keep_alive: float
     think: bool | None = None
     json_schema: dict[str, Any] | None = None  # constrain the reply to JSON (Ollama's `format`)
+    logprobs: int | None = None  # per-token log-probabilities with this many alternatives; None: none
     started: float = field(default_factory=time.perf_counter)
     acquired: float | None = None  # when the scheduler handed over a loaded runner
 
@@ -160,9 +169,17 @@ class Generator:
         suffix: str = "",
         raw: bool = False,
         context: list[int] | None = None,
+        tokens: list[int] | None = None,
     ) -> AsyncIterator[Piece | Done]:
+        """`tokens`: the prompt as token ids, sent as they are (no template, no BOS added)."""
         loaded = await self._acquire(call)
         try:
+            if tokens is not None:
+                async for item in self._complete(loaded, call, tokens, False):
+                    if isinstance(item, Done):
+                        item.context = tokens + item.context
+                    yield item
+                return
             if raw:
                 text = prompt
             else:
@@ -206,6 +223,51 @@ class Generator:
         finally:
             self.scheduler.release(loaded)
 
+    async def score(self, call: Call, windows: list[dict[str, Any]], top_k: int = 0) -> dict[str, Any]:
+        """The runner's /score of `windows` ({tokens, from}); BadRequest-worthy ValueError past the context."""
+        loaded = await self._acquire(call)
+        try:
+            for i, window in enumerate(windows):
+                if len(window["tokens"]) > loaded.context_length:
+                    raise ValueError(
+                        f"prompt: is {len(window['tokens'])} tokens, more than the context of "
+                        f"{loaded.context_length}; shorten it or give the model a larger num_ctx"
+                        if len(windows) == 1
+                        else f"window {i}: is {len(window['tokens'])} tokens, more than {loaded.context_length}"
+                    )
+            try:
+                return await loaded.runner.score({"windows": windows, "top_k": top_k})
+            except RunnerError as e:
+                if e.kind != "request":
+                    self.scheduler.runner_failed(loaded)
+                raise
+        finally:
+            self.scheduler.release(loaded)
+
+    async def prompt_tokens(self, call: Call, text: str) -> list[tuple[int, str]]:
+        """`text` tokenized as the runner tokenizes a prompt (BOS when the model adds one), with each token's piece."""
+        loaded = await self._acquire(call)
+        try:
+            return await loaded.runner.tokenize_pieces(text)
+        finally:
+            self.scheduler.release(loaded)
+
+    async def pieces(self, call: Call, tokens: list[int]) -> list[str]:
+        """The text of each token id, as the model spells it."""
+        loaded = await self._acquire(call)
+        try:
+            return await loaded.runner.pieces(tokens)
+        finally:
+            self.scheduler.release(loaded)
+
+    async def detokenize(self, call: Call, tokens: list[int]) -> str:
+        """The text token ids stand for, decoded as a whole (characters split across tokens join up)."""
+        loaded = await self._acquire(call)
+        try:
+            return await loaded.runner.detokenize(tokens)
+        finally:
+            self.scheduler.release(loaded)
+
     async def _complete(
         self, loaded: Loaded, call: Call, prompt: str | list[int], thinking_started: bool
     ) -> AsyncIterator[Piece | Done]:
@@ -213,22 +275,31 @@ class Generator:
         body = {"prompt": prompt, "cache_prompt": True, **sampling_fields(options)}
         if call.json_schema is not None:
             body["json_schema"] = call.json_schema
+        if call.logprobs is not None:
+            body["n_probs"] = max(1, call.logprobs)  # 0 alternatives still needs the chosen token's logprob
         splitter = ThinkingSplitter(started=thinking_started) if call.think is not False else None
         tokens: list[int] = []
+        pending: list[dict[str, Any]] = []  # entries whose text the splitter still holds
         try:
             async for chunk in loaded.runner.complete(body):
                 tokens += chunk.get("tokens") or []
+                if call.logprobs is not None:
+                    pending += [_trimmed(e, call.logprobs) for e in chunk.get("completion_probabilities") or []]
                 text = chunk.get("content", "")
                 if text:
                     thinking, content = splitter.feed(text) if splitter else ("", text)
                     if thinking or content:
-                        yield Piece(content, thinking)
+                        yield Piece(content, thinking, pending)
+                        pending = []
                 if chunk.get("stop"):
                     if splitter:
                         thinking, content = splitter.flush()
                         if thinking or content:
-                            yield Piece(content, thinking)
-                    yield self._done(loaded, call, chunk, tokens)
+                            yield Piece(content, thinking, pending)
+                            pending = []
+                    done = self._done(loaded, call, chunk, tokens)
+                    done.logprobs = pending
+                    yield done
                     return
         except RunnerError:
             self.scheduler.runner_failed(loaded)
@@ -254,6 +325,11 @@ class Generator:
         return max(0.0, (call.acquired or call.started) - call.started)
 
 
+def _trimmed(entry: dict[str, Any], top: int) -> dict[str, Any]:
+    """A runner entry with at most `top` alternatives (the runner sends at least one)."""
+    return {**entry, "top_logprobs": list(entry.get("top_logprobs") or [])[:top]}
+
+
 def _token_counter(loaded: Loaded) -> Any:
     """A synchronous token count through the runner, for prompt fitting (run in a worker thread).
 
@@ -274,13 +350,15 @@ def _token_counter(loaded: Loaded) -> Any:
 
 
 async def gather(items: AsyncIterator[Piece | Done]) -> tuple[str, str, Done]:
-    """A whole reply: its content, its thinking and its Done, for non-streamed answers."""
-    text, thinking = [], []
+    """A whole reply: its content, its thinking and its Done (with every token's logprobs), for non-streamed answers."""
+    text, thinking, logprobs = [], [], []
     async for item in items:
         if isinstance(item, Done):
+            item.logprobs = logprobs + item.logprobs
             return "".join(text), "".join(thinking), item
         text.append(item.content)
         thinking.append(item.thinking)
+        logprobs += item.logprobs
     raise RuntimeError("the reply ended without its final chunk")
 
 

@@ -24,6 +24,7 @@ from app.api import (
     GenerateRequest,
     Generation,
     NameRequest,
+    Sampled,
     clip,
 )
 from app.errors import ModelNotFound, QuantizeError
@@ -220,11 +221,43 @@ async def ps(state: ServerState, request: Request) -> Response:
 def _call(state: ServerState, body: Generation) -> Call:
     """A checked request as the generator's Call (options already coerced by the parameter table)."""
     seconds = state.settings.keep_alive if body.keep_alive is None else body.keep_alive
-    return Call(_resolve(state, body.model), body.options, seconds, body.think, body.format)
+    call = Call(_resolve(state, body.model), body.options, seconds, body.think, body.format)
+    if isinstance(body, Sampled):
+        call.logprobs = body.logprob_count()
+    return call
 
 
 def _final(done: Done) -> dict[str, Any]:
-    return {"done": True, "done_reason": done.reason, **done.figures()}
+    out = {"done": True, "done_reason": done.reason, **done.figures()}
+    if done.logprobs:
+        out["logprobs"] = logprobs(done.logprobs)
+    return out
+
+
+def _token(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "token": entry.get("token", ""),
+        "logprob": float(entry["logprob"]),
+        "bytes": list(entry.get("bytes") or []),
+    }
+
+
+def logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runner's per-token entries in Ollama's shape: {token, logprob, bytes, top_logprobs: [{token, ...}]}."""
+    out = []
+    for entry in entries:
+        item = _token(entry)
+        top = entry.get("top_logprobs") or []
+        if top:
+            item["top_logprobs"] = [_token(t) for t in top]
+        out.append(item)
+    return out
+
+
+def _with_logprobs(chunk: dict[str, Any], piece: Piece) -> dict[str, Any]:
+    if piece.logprobs:
+        chunk["logprobs"] = logprobs(piece.logprobs)
+    return chunk
 
 
 async def generate(state: ServerState, request: Request) -> Response:
@@ -246,7 +279,7 @@ async def generate(state: ServerState, request: Request) -> Response:
         out = {**head(), "response": item.content, "done": False}
         if item.thinking:
             out["thinking"] = item.thinking
-        return out
+        return _with_logprobs(out, item)
 
     if body.stream:
         return ndjson(_mapped(await primed(items), shape))
@@ -273,7 +306,7 @@ async def chat(state: ServerState, request: Request) -> Response:
         message = {"role": "assistant", "content": item.content}
         if item.thinking:
             message["thinking"] = item.thinking
-        return {**head(), "message": message, "done": False}
+        return _with_logprobs({**head(), "message": message, "done": False}, item)
 
     if body.stream:
         return ndjson(_mapped(await primed(items), shape))

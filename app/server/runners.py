@@ -94,6 +94,7 @@ class Runner:
             )  # fmt: skip
         read = timeout if timeout > 0 else None
         self.client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(None, connect=10.0, read=read))
+        self._pieces: dict[int, str] = {}  # token id -> its text, filled as logprob answers need them
 
     @property
     def alive(self) -> bool:
@@ -155,6 +156,55 @@ class Runner:
 
     async def detokenize(self, tokens: list[int]) -> str:
         return (await self._post("/detokenize", {"tokens": tokens}))["content"]
+
+    async def tokenize_pieces(self, text: str) -> list[tuple[int, str]]:
+        """`text` as a prompt's tokens (BOS when the model adds one) with each token's text (control tokens spelled)."""
+        answer = await self._post("/tokenize", {"content": text, "add_special": True, "with_pieces": True})
+        out = []
+        for item in answer["tokens"]:
+            piece = item["piece"]
+            if isinstance(piece, list):  # llama-server: the bytes of a piece that is not valid UTF-8
+                piece = bytes(piece).decode("utf-8", "replace")
+            out.append((int(item["id"]), str(piece)))
+        return out
+
+    async def pieces(self, tokens: list[int]) -> list[str]:
+        """The text of each token id, looked up once per id and remembered for this runner's life."""
+        missing = sorted(set(tokens) - self._pieces.keys())
+        limit = asyncio.Semaphore(8)
+
+        async def one(token: int) -> None:
+            async with limit:
+                self._pieces[token] = await self.detokenize([token])
+
+        await asyncio.gather(*(one(t) for t in missing))
+        return [self._pieces[t] for t in tokens]
+
+    async def score(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /score: log p(token | the tokens before it) for windows of tokens, in full batches.
+
+        `body` is `{"windows": [{"tokens", "from"}], "top_k", "distribution"}`. The
+        JSON answer is returned as it comes; with `distribution` the binary answer
+        becomes `{"distribution": float32 array (rows, n_vocab), "n_vocab": V}`.
+        No watchdog: scoring runs in the decode loop and sends nothing until done.
+        """
+        try:
+            r = await self.client.post("/score", json=body, timeout=httpx.Timeout(None, connect=10.0))
+        except httpx.TransportError as e:
+            raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
+        if r.status_code == 404:
+            raise RunnerError("scoring needs loam's runner; this runner (llama-server) has no /score", "request")
+        if r.status_code != 200:
+            raise RunnerError(_error_text(r), "request")
+        if not body.get("distribution"):
+            return r.json()
+        import numpy as np  # only distributions need it
+
+        rows, vocab = int(r.headers["X-Score-Rows"]), int(r.headers["X-Score-Vocab"])
+        values = np.frombuffer(r.content, dtype="<f4")
+        if values.size != rows * vocab:
+            raise RunnerError(f"the runner sent {values.size} log-probabilities for {rows} rows of {vocab}")
+        return {"distribution": values.reshape(rows, vocab), "n_vocab": vocab, "rows": rows}
 
     async def embedding(self, text: str) -> dict[str, Any]:
         # No watchdog: an embedding may wait silently behind long generations in the runner's queue.
