@@ -100,13 +100,20 @@ class Progress:
         self.draw()
 
     def draw(self, force: bool = False) -> None:
+        """On a terminal, redraw at most 5 times a second; in a log, a line on the first step and every 10 s."""
         now = time.perf_counter()
-        if not self.tty or (not force and now - self.drawn < 0.2 and self.done < self.total):
+        if self.tty:
+            if not force and now - self.drawn < 0.2 and self.done < self.total:
+                return
+        elif not self.done or self.done >= self.total or (self.drawn > self.started and now - self.drawn < 10):
             return
         self.drawn = now
         elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
         eta = f"ETA {_duration((self.total - self.done) / rate)}" if rate else "ETA -"
+        if not self.tty:
+            self.say(f"{self.label}: {self.done}/{self.total} tokens, {rate:.0f} tok/s, {eta}")
+            return
         filled = int(24 * min(1.0, self.done / self.total))
         bar = "█" * filled + "░" * (24 - filled)
         self.stream.write(f"\r\033[K{self.label} {bar} {self.done}/{self.total} tokens  {rate:.0f} tok/s  {eta}")
