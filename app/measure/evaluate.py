@@ -27,7 +27,7 @@ import numpy as np
 
 from app.errors import LoamError
 from app.measure import choices as mc
-from app.measure.perplexity import Divergence, Perplexity, first_scored, windows
+from app.measure.perplexity import Divergence, Perplexity, first_scored, token_logprobs, windows
 from app.measure.scoring import Models, Scored, Target, resolve
 
 DEPTH = 2  # scoring requests in flight per model: the runner never waits for the next one
@@ -58,8 +58,6 @@ class Row:
         out: dict[str, Any] = {}
         if self.kld is not None and self.kld.count:
             out |= self.kld.figures()
-            if self.is_base:
-                out = {"ppl": out["ppl_base"], "ppl_err": out["ppl_err"]} if self.ppl is None else {}
         if self.ppl is not None and self.ppl.count:
             out["ppl"], out["ppl_err"], out["tokens_scored"] = self.ppl.ppl, self.ppl.error, self.ppl.count
         if out:
@@ -276,7 +274,7 @@ class Evaluation:
         wins = await self._windows(base)
         start, n, ctx = first_scored(self.args.ctx), self.models.parallel, self.args.ctx
         groups = [wins[i : i + n] for i in range(0, len(wins), n)]
-        base_row.kld = Divergence()
+        base_row.ppl = Perplexity()
         batches = [rows] if together else [[row] for row in rows]
         for i, batch in enumerate(batches):
             loaded = [await self._load(row.target) for row in batch]
@@ -298,7 +296,7 @@ class Evaluation:
                     base_row.seconds += time.perf_counter() - t0
                     base_row.tokens += len(group) * ctx
                     base_row.windows += len(group)
-                    base_row.kld.add(ref.dist, ref.dist, targets)
+                    base_row.ppl.add(token_logprobs(ref.dist, targets))
                     self.progress.advance(len(group) * ctx)
                 for row, model in zip(batch, loaded, strict=True):
                     t0 = time.perf_counter()
@@ -365,14 +363,15 @@ class Evaluation:
         def handle(result: tuple[list[int], Scored]) -> None:
             group, scored = result
             assert row.acc is not None
-            at = 0
+            at = tokens = 0
             for i in group:
                 k = len(prepared[i].sequences)
                 row.acc.add(tasks[i], mc.choose(scored.logprobs[at : at + k]))
                 at += k
-                row.mc_tokens += prepared[i].tokens
-                self.progress.advance(prepared[i].tokens)
+                tokens += prepared[i].tokens
+            row.mc_tokens += tokens
             row.mc_seconds = time.perf_counter() - began
+            self.progress.advance(tokens)
 
         await _pipeline([call(g) for g in groups], handle)
         self.progress.finish()

@@ -138,9 +138,13 @@ class Models:
             return self._held[target.name]
         started = asyncio.get_running_loop().time()
         task = asyncio.ensure_future(self.scheduler.acquire(self._request(target), math.inf))
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.25)
-            on_wait(asyncio.get_running_loop().time() - started)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.25)
+                on_wait(asyncio.get_running_loop().time() - started)
+        except BaseException:
+            task.cancel()  # Ctrl+C while loading: stop the load, not only the wait for it
+            raise
         loaded = task.result()
         self._held[target.name] = loaded
         return loaded
