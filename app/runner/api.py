@@ -1,4 +1,7 @@
-"""The runner's HTTP API, wire-compatible with llama-server's: health, completion, tokens, slots, metrics."""
+"""The runner's HTTP API, wire-compatible with llama-server's: health, completion, tokens, slots, metrics.
+
+Plus loam's /score: log-probabilities of given token windows, evaluated in full batches.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from starlette.routing import Route
 
 from app.runner.engine import Engine
 from app.runner.sampling import SamplingParams, check_grammar
+from app.runner.scoring import ScoreJob
 from app.runner.slot import Chunk, Request
 from app.runner.state import RunnerState
 
@@ -31,6 +35,7 @@ def build_app(state: RunnerState) -> Starlette:
         ("/tokenize", tokenize, "POST"),
         ("/detokenize", detokenize, "POST"),
         ("/embedding", embedding, "POST"),
+        ("/score", score, "POST"),
         ("/slots", slots, "GET"),
         ("/props", props, "GET"),
         ("/metrics", metrics, "GET"),
@@ -227,6 +232,35 @@ async def embedding(state: RunnerState, http: HttpRequest) -> Response:
     if not result or "error" in result:
         return error(500, (result or {}).get("error", "no result"), "server_error")
     return JSONResponse({"embedding": result["embedding"], "tokens_evaluated": result["tokens_evaluated"]})
+
+
+async def score(state: RunnerState, http: HttpRequest) -> Response:
+    """Log-probabilities of each window's tokens from its `from` on: JSON, or float32 rows of the whole vocabulary."""
+    engine, model = state.engine, state.model
+    if engine is None or model is None:
+        return _loading()
+    try:
+        body = await _body(http)
+        job = await asyncio.to_thread(ScoreJob.from_json, body, model.n_vocab, model.n_ctx_slot)
+    except ValueError as e:
+        return error(400, str(e))
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
+    request = Request([], SamplingParams(), lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c), score=job)
+    engine.submit(request)
+    watcher = asyncio.create_task(_cancel_on_disconnect(http, engine, request, chunks))
+    try:
+        result = await chunks.get()
+    finally:
+        watcher.cancel()
+    if result is None:
+        return error(499, "the client went away")
+    if "error" in result:
+        return error(500, result["error"], "server_error")
+    if job.dist is not None:
+        headers = {"X-Score-Rows": str(job.n_rows), "X-Score-Vocab": str(job.n_vocab)}
+        return Response(memoryview(job.dist).cast("B"), media_type="application/octet-stream", headers=headers)
+    return Response(await asyncio.to_thread(job.answer_json), media_type="application/json")
 
 
 async def slots(state: RunnerState, http: HttpRequest) -> Response:

@@ -21,6 +21,7 @@ import llama_cpp as llama
 from app.runner.cache import SavedState, StateCache, common_prefix
 from app.runner.model import Model
 from app.runner.sampling import Sampler
+from app.runner.scoring import ScoreJob, token_probs
 from app.runner.slot import Chunk, Request, Slot
 
 
@@ -38,7 +39,9 @@ class Engine:
         self._stopping = False
         self.failure = ""  # set when the decode loop died; every request then gets this error
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+        self._scoring: list[tuple[Request, ScoreJob, list[Slot]]] = []  # jobs in progress, their slots
         self.metrics = {"prompt_tokens_total": 0, "tokens_predicted_total": 0, "n_decode_total": 0}
+        self.metrics["scored_tokens_total"] = 0
         self.metrics_seconds = {"prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0}
 
     # -- called from any thread ---------------------------------------
@@ -86,6 +89,7 @@ class Engine:
             with self._cond:
                 self.failure = f"the decode loop failed: {type(e).__name__}: {e}"
                 waiting = [r for r in self._queue] + [s.request for s in self.slots if s.request]
+                waiting = list({r.id: r for r in waiting}.values())  # a scoring request holds several slots
                 self._queue.clear()
             for request in waiting:
                 request.emit({"error": self.failure, "stop": True})
@@ -99,11 +103,15 @@ class Engine:
                     return
             self._drop_cancelled()
             self._admit()
+            for job in list(self._scoring):
+                self._score_step(*job)
             self._step()
 
     def _drop_cancelled(self) -> None:
         with self._cond:
             self._queue = deque(r for r in self._queue if not r.cancelled.is_set())
+        # a cancelled scoring job's slots keep what they hold (slot.tokens stays true to the KV cache)
+        self._scoring = [job for job in self._scoring if not job[0].cancelled.is_set()]
         for slot in self.slots:
             if slot.request and slot.request.cancelled.is_set():
                 slot.release()
@@ -117,6 +125,8 @@ class Engine:
                 request = self._queue.popleft()
             if request.embedding:
                 self._embed(request, free)
+            elif request.score is not None:
+                self._start_scoring(request, request.score, free)
             else:
                 self._assign(request, free)
 
@@ -259,6 +269,9 @@ class Engine:
             slot.prompt_done = time.perf_counter()
         token = sampler.sample(self.model.ctx, index)
         slot.n_decoded += 1
+        probs = None
+        if request.params.n_probs > 0 and not (self.model.is_eog(token) and not request.params.ignore_eos):
+            probs = token_probs(self.model.ctx, index, self.model.n_vocab, token, request.params.n_probs, self._piece)
         if self.model.is_eog(token) and not request.params.ignore_eos:
             self._finish(slot, "eos")
             return
@@ -267,10 +280,15 @@ class Engine:
             self._finish(slot, "word", content)
             return
         if request.stream:
-            request.emit({"content": content, "tokens": [token], "stop": False, "id_slot": slot.id})
+            chunk: Chunk = {"content": content, "tokens": [token], "stop": False, "id_slot": slot.id}
+            if probs is not None:
+                chunk["completion_probabilities"] = [probs]
+            request.emit(chunk)
         else:
             request.held_text.append(content)
             request.held_tokens.append(token)
+            if probs is not None:
+                request.held_probs.append(probs)
         n_predict = request.params.n_predict
         if 0 <= n_predict <= slot.n_decoded:
             self._finish(slot, "limit")
@@ -295,6 +313,8 @@ class Engine:
             "truncated": slot.truncated,
             "timings": slot.timings(time.perf_counter()),
         }
+        if request.params.n_probs > 0 and not request.stream:
+            final["completion_probabilities"] = request.held_probs
         slot.release()
         request.emit(final)
 
@@ -339,3 +359,38 @@ class Engine:
             slot.last_used = time.perf_counter()
         norm = math.sqrt(sum(x * x for x in vector)) or 1.0
         request.emit({"embedding": [x / norm for x in vector], "tokens_evaluated": len(tokens), "stop": True})
+
+    def _piece(self, token: int) -> bytes:
+        return self.model.piece(token, special=True)
+
+    # -- scoring ----------------------------------------------------------
+
+    def _start_scoring(self, request: Request, job: ScoreJob, free: list[Slot]) -> None:
+        """Give a scoring job as many free slots as it has windows, saving what they held."""
+        slots = sorted(free, key=lambda s: s.last_used)[: len(job.windows)]
+        for slot in slots:
+            self._save(slot)
+            self._trim(slot, 0)
+            slot.request = request
+        self._scoring.append((request, job, slots))
+
+    def _score_step(self, request: Request, job: ScoreJob, slots: list[Slot]) -> None:
+        """One llama_decode of the job's windows; slots with nothing left to score are freed at once."""
+        started = time.perf_counter()
+        pieces = job.fill(self._batch, slots, self.batch_size, self.model.memory)
+        rc = llama.llama_decode(self.model.ctx, self._batch) if self._batch.n_tokens else 0
+        self.metrics["n_decode_total"] += 1
+        self.metrics["scored_tokens_total"] += self._batch.n_tokens
+        if rc == 0:
+            job.take(self.model.ctx, pieces)
+        job.seconds += time.perf_counter() - started
+        for slot in [s for s in slots if rc != 0 or not job.has_work(s)]:
+            slots.remove(slot)
+            self._trim(slot, 0)
+            slot.release()
+        if rc != 0:
+            self._scoring.remove((request, job, slots))
+            request.emit({"error": f"llama_decode failed ({rc})", "stop": True})
+        elif job.done:
+            self._scoring.remove((request, job, slots))
+            request.emit({"score": job, "stop": True})

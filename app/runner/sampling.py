@@ -33,6 +33,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     grammar: str = ""  # GBNF; a json_schema is turned into one
     json_schema: Any = None
+    n_probs: int = 0  # > 0: each token's top n raw-logit logprobs (llama-server's completion_probabilities)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> SamplingParams:
@@ -57,6 +58,8 @@ class SamplingParams:
             setattr(params, f.name, value)
         if "max_tokens" in body and "n_predict" not in body:
             params.n_predict = int(body["max_tokens"])
+        if params.n_probs < 0:
+            raise ValueError("n_probs must be 0 or more")
         if params.json_schema is not None and not params.grammar:
             params.grammar = schema_grammar(params.json_schema)
         return params

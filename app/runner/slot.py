@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.runner.sampling import Sampler, SamplingParams
 from app.runner.text import TextStream
+
+if TYPE_CHECKING:
+    from app.runner.scoring import ScoreJob
 
 Chunk = dict[str, Any]
 _ids = itertools.count(1)
@@ -23,15 +26,17 @@ _ids = itertools.count(1)
 
 @dataclass
 class Request:
-    """One /completion or /embedding call; `emit` hands chunks to the HTTP side from the decode thread."""
+    """One /completion, /embedding or /score call; `emit` hands chunks to the HTTP side from the decode thread."""
 
     prompt: list[int]
     params: SamplingParams
     emit: Callable[[Chunk], None]
     embedding: bool = False
+    score: ScoreJob | None = None  # a /score request: windows to evaluate, not a prompt to continue
     stream: bool = True  # False: one chunk at the end, so the HTTP side is not woken per token
     held_text: list[str] = field(default_factory=list)
     held_tokens: list[int] = field(default_factory=list)
+    held_probs: list[dict[str, Any]] = field(default_factory=list)  # n_probs entries of a non-streamed reply
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
