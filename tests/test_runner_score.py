@@ -80,6 +80,11 @@ def tokens_of(runner: RunnerProcess, text: str, add_special: bool = True) -> lis
     return httpx.post(runner.url + "/tokenize", json=body).json()["tokens"]
 
 
+def metric(runner: RunnerProcess, name: str) -> float:
+    lines = httpx.get(runner.url + "/metrics").text.splitlines()
+    return next(float(line.split()[1]) for line in lines if line.startswith(name + " "))
+
+
 def n_vocab(runner: RunnerProcess) -> int:
     return int(score(runner, [{"tokens": [1, 2], "from": 1}]).json()["n_vocab"])
 
@@ -116,7 +121,9 @@ def test_packing_with_flash_attention(packed: RunnerProcess) -> None:
 
 def test_the_answer_reports_its_work(packed: RunnerProcess) -> None:
     windows = random_windows(3, seed=2, n_vocab=n_vocab(packed), max_len=64)
+    before = metric(packed, "loam:scored_tokens_total")
     body = score(packed, windows).json()
+    assert metric(packed, "loam:scored_tokens_total") == before + body["tokens_evaluated"]
     assert body["tokens_evaluated"] == sum(len(w["tokens"]) for w in windows)
     assert body["seconds"] > 0 and "top" not in body["windows"][0]
 

@@ -300,6 +300,7 @@ async def metrics(state: RunnerState, http: HttpRequest) -> Response:
         ("gauge", "loam:state_cache_bytes", engine.cache.bytes, "bytes of saved conversation states"),
         ("gauge", "loam:state_cache_entries", len(engine.cache), "saved conversation states"),
         ("counter", "loam:state_cache_hits_total", engine.cache.hits, "saved states restored into a slot"),
+        ("counter", "loam:scored_tokens_total", m["scored_tokens_total"], "tokens evaluated for /score"),
     ]
     text = "".join(f"# HELP {n} {h}\n# TYPE {n} {k}\n{n} {v}\n" for k, n, v, h in lines)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
