@@ -106,7 +106,7 @@ def assert_greedy_entries(entries: list[Any], top: int) -> None:
 def test_bad_logprob_fields_are_400s_naming_the_field(
     server: ServerProcess, path: str, body: dict[str, Any], message: str
 ) -> None:
-    r = httpx.post(server.url + path, json={"model": SMOL, **body})
+    r = httpx.post(server.url + path, json={"model": SMOL, **body}, timeout=None)
     assert r.status_code == 400
     error = r.json()["error"]
     assert message in (error["message"] if isinstance(error, dict) else error)
@@ -150,7 +150,7 @@ def test_ollama_generate_logprobs_without_alternatives(server: ServerProcess) ->
     assert [e.logprob for e in top.logprobs] == pytest.approx([e.logprob for e in reply.logprobs], abs=1e-4)
     assert_greedy_entries(top.logprobs, 5)
     body = {"model": SMOL, "prompt": PROMPT, "raw": True, "logprobs": True, "top_logprobs": 2, "stream": False}
-    wire = httpx.post(server.url + "/api/generate", json={**body, "options": GREEDY}).json()["logprobs"]
+    wire = httpx.post(server.url + "/api/generate", json={**body, "options": GREEDY}, timeout=None).json()["logprobs"]
     assert set(wire[0]) == {"token", "logprob", "bytes", "top_logprobs"}  # Ollama's shape, bytes included
     assert set(wire[0]["top_logprobs"][0]) == {"token", "logprob", "bytes"}
     assert bytes(wire[0]["bytes"]).decode() == wire[0]["token"] == reply.logprobs[0].token
@@ -195,7 +195,8 @@ def test_echoed_prompt_logprobs_one_per_prompt_token(server: ServerProcess, oa: 
         assert max(top.values()) >= logprob - 1e-6 and top[token] == logprob
     assert [PROMPT[o : o + len(t)] for t, o in zip(lp.tokens, lp.text_offset, strict=True)] == lp.tokens
     # the runner's own scoring of the same tokens gives the same figures
-    answer = httpx.post(runner_url(server) + "/score", json={"windows": [{"tokens": tokens, "from": 1}]}).json()
+    windows = [{"tokens": tokens, "from": 1}]
+    answer = httpx.post(runner_url(server) + "/score", json={"windows": windows}, timeout=None).json()
     direct = answer["windows"][0]["logprobs"]
     assert lp.token_logprobs[1:] == pytest.approx(direct, abs=1e-5)
     assert math.fsum(lp.token_logprobs[1:]) == pytest.approx(math.fsum(direct), abs=1e-4)
@@ -247,9 +248,9 @@ def test_streamed_echo_sends_the_prompt_first(oa: openai.OpenAI) -> None:
 def test_a_prompt_longer_than_the_context_is_a_400(server: ServerProcess) -> None:
     r = httpx.post(
         server.url + "/v1/completions",
-        json={"model": SMOL, "prompt": "word " * 10000, "echo": True, "logprobs": 1, "max_tokens": 0,
-              "options": {}},
-    )  # fmt: skip
+        json={"model": SMOL, "prompt": "word " * 10000, "echo": True, "logprobs": 1, "max_tokens": 0},
+        timeout=None,
+    )
     assert r.status_code == 400, r.text
     assert "more than the context" in r.json()["error"]["message"]
 
