@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def test_bench_through_loam_prints_a_table_with_the_slots_and_remembers_the_resu
     assert [r[:3] for r in rows] == [[SMOL, "1", "2"], [SMOL, "2", "2"]]
     assert all(float(cell) > 0 for r in rows for cell in r[4:11])  # the figures
     assert [r[11] for r in rows] == ["0", "0"]  # errors
-    assert "1 streams, 2/2 requests" in result.stderr and "2 streams, 2/2 requests" in result.stderr
+    assert "1 stream, 2/2 requests" in result.stderr and "2 streams, 2/2 requests" in result.stderr
 
     digest = "sha256:" + next(m["digest"] for m in httpx.get(server.url + "/api/tags").json()["models"])
     monkeypatch.setenv("XDG_DATA_HOME", str(client_home / "data"))
@@ -163,7 +164,7 @@ def test_ctrl_c_prints_what_was_measured_and_exits_130(server: ServerProcess, cl
     )
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "1 streams, " in line:  # the first level is done; the second has started
+        if "1 stream, " in line:  # the first level is done; the second has started
             proc.send_signal(signal.SIGINT)
             break
     out, err = proc.communicate()
@@ -219,3 +220,22 @@ def test_each_protocol_reads_its_servers_counts() -> None:
     stop = LlamaServerApi().parse('data: {"content":"","stop":true,"timings":{"prompt_n":64,"predicted_n":16}}')
     assert stop is not None and stop.end and (stop.prompt_tokens, stop.gen_tokens) == (64, 16)
     assert LlamaServerApi().parse(": progress") is None
+
+
+def test_the_chart_draws_both_figures_one_line_per_model() -> None:
+    from app.measure.chart import render
+
+    runs = [
+        (
+            "a:1",
+            [
+                {"concurrency": 1, "aggregate_tps": 50.0, "ttft_p50_ms": 90.0},
+                {"concurrency": 4, "aggregate_tps": 120.0},
+            ],
+        ),
+        ("b:2", [{"concurrency": 1, "aggregate_tps": 40.0, "ttft_p50_ms": 110.0}]),
+    ]
+    text = render(runs, width=100)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "aggregate tok/s" in plain and "TTFT p50 ms" in plain and "a:1" in plain and "b:2" in plain
+    assert render([("a:1", [{"concurrency": 1, "aggregate_tps": None, "ttft_p50_ms": None}])]) == ""

@@ -167,6 +167,15 @@ def _get(url: str, path: str, body: dict[str, Any] | None = None) -> httpx.Respo
         raise LoamError(f"no server answers at {url} ({type(e).__name__}); is it running?") from None
 
 
+def _json_of(response: httpx.Response) -> dict[str, Any]:
+    """A 200 answer's JSON object; {} for anything else: a server of another kind then fails later, in words."""
+    try:
+        data = response.json() if response.status_code == 200 else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _context_length(shown: dict[str, Any]) -> int | None:
     info = shown.get("model_info") or shown.get("modelinfo") or {}
     values = [v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)]
@@ -179,7 +188,7 @@ def prepare_loam(settings: Settings) -> list[ModelRun]:
     from app.store.names import ModelName
 
     url = "http://" + ensure_server()
-    served = {m.get("name"): m for m in _get(url, "/api/tags").json().get("models", [])}
+    served = {m.get("name"): m for m in _json_of(_get(url, "/api/tags")).get("models", []) if isinstance(m, dict)}
     runs = []
     for text in settings.models:
         try:
@@ -188,14 +197,13 @@ def prepare_loam(settings: Settings) -> list[ModelRun]:
             raise LoamError(f"{text!r} is not a model name; see `loam list`") from None
         if name not in served:
             raise LoamError(f"model {text!r} is not in the store; pull it with `loam pull {text}` (see `loam list`)")
-        shown = _get(url, "/api/show", {"model": name})
-        context = _context_length(shown.json()) if shown.status_code == 200 else None
+        context = _context_length(_json_of(_get(url, "/api/show", {"model": name})))
         if context and settings.prompt_tokens + settings.gen + 8 > context:
             raise LoamError(f"{name} holds {context} tokens of context: --prompt-tokens plus --gen must fit in it")
-        digest = str(served[name].get("digest") or "")
+        digest = "sha256:" + str(served[name].get("digest") or "").removeprefix("sha256:")
         slots = max(settings.levels)
         options = {"num_parallel": slots, "num_ctx": settings.num_ctx(context)}
-        runs.append(ModelRun(name, url, "ollama", slots, f"sha256:{digest.removeprefix('sha256:')}", options))
+        runs.append(ModelRun(text, url, "ollama", slots, digest, options))  # named as the user wrote it
     return runs
 
 
@@ -206,8 +214,7 @@ def prepare_target(settings: Settings) -> list[ModelRun]:
     for model in settings.models:
         run = ModelRun(model, url, api)
         if api == "llama-server":
-            props = _get(url, "/props")
-            data = props.json() if props.status_code == 200 else {}
+            data = _json_of(_get(url, "/props"))
             run.slots = data.get("total_slots") if isinstance(data.get("total_slots"), int) else None
             slot_ctx = (data.get("default_generation_settings") or {}).get("n_ctx")
             if isinstance(slot_ctx, int) and slot_ctx < settings.prompt_tokens + settings.gen + 8:
@@ -220,11 +227,11 @@ def prepare_target(settings: Settings) -> list[ModelRun]:
             shown = _get(url, "/api/show", {"model": model})
             if shown.status_code == 404:
                 raise LoamError(f"{url} has no model {model!r}; see its /api/tags")
-            context = _context_length(shown.json()) if shown.status_code == 200 else None
+            context = _context_length(_json_of(shown))
             run.options = {"num_ctx": settings.num_ctx(context), "num_parallel": max(settings.levels)}
         else:
-            listed = _get(url, "/v1/models")
-            ids = [m.get("id") for m in listed.json().get("data", [])] if listed.status_code == 200 else []
+            listed = _json_of(_get(url, "/v1/models")).get("data")
+            ids = [m.get("id") for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
             if ids and model not in ids:
                 raise LoamError(f"{url} does not serve {model!r}; it serves {', '.join(map(str, ids[:8]))}")
         runs.append(run)
@@ -281,6 +288,7 @@ async def measure(run: ModelRun, settings: Settings, progress: Progress) -> None
             if sample.error:
                 raise LoamError(f"{run.model} at {run.url}: the warmup request failed: {sample.error}")
         for concurrency in settings.levels:
+            streams = f"{concurrency} stream" + ("s" if concurrency > 1 else "")
             level = run.current = Level(concurrency, settings.total(concurrency))
             measuring = asyncio.create_task(
                 loadgen.run_level(
@@ -297,7 +305,7 @@ async def measure(run: ModelRun, settings: Settings, progress: Progress) -> None
             )
             while not measuring.done():
                 elapsed = time.perf_counter() - level.started if level.started else 0.0
-                progress.live(f"{run.model}: {concurrency} streams, {level.done}/{level.total} done, {elapsed:.0f}s")
+                progress.live(f"{run.model}: {streams}, {level.done}/{level.total} done, {elapsed:.0f}s")
                 await asyncio.wait({measuring}, timeout=0.5)
             measuring.result()
             row = figures(level, run.slots)
@@ -305,9 +313,9 @@ async def measure(run: ModelRun, settings: Settings, progress: Progress) -> None
             run.current = None
             cut = f", {row['cut']} cut at the time limit" if row["cut"] else ""
             done = f"{row['requests']}/{level.total} requests in {level.wall:.1f}s"
-            progress.note(f"{run.model}: {concurrency} streams, {done}{cut}")
+            progress.note(f"{run.model}: {streams}, {done}{cut}")
             if level.errors:
-                failed = f"{len(level.errors)} requests at {concurrency} streams failed"
+                failed = f"{len(level.errors)} requests at {streams} failed"
                 progress.note(f"{run.model}: {failed}; first: {level.errors[0].error}")
     run.complete = True
 

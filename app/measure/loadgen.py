@@ -389,15 +389,16 @@ def figures(level: Level, slots: int | None) -> dict[str, Any]:
 async def calibrate(
     http: httpx.AsyncClient, api: Api, model: str, target: int, options: dict[str, Any], rng: random.Random
 ) -> tuple[int, int]:
-    """How many list lines make a prompt of about `target` tokens, and the tokens that many made.
+    """How many list lines make a prompt of about `target` tokens, and the tokens that many make on average.
 
     A first count on a prompt of about half the target (so it fits the context)
-    gives tokens per line; a second at the estimate corrects for longer numbers.
+    gives tokens per line; three more at that estimate correct it for longer
+    line numbers and average out the random words (a prompt varies by ~2%).
     """
     units = max(1, target // 10)
-    count = 0
-    for _ in range(2):
-        measured = units
-        count = await api.count_tokens(http, model, make_prompt(units, rng), options)
-        units = max(1, round(units * target / max(count, 1)))
-    return units, max(1, round(count * units / measured))
+    count = await api.count_tokens(http, model, make_prompt(units, rng), options)
+    units = max(1, round(units * target / max(count, 1)))
+    counts = [await api.count_tokens(http, model, make_prompt(units, rng), options) for _ in range(3)]
+    mean = sum(counts) / len(counts)
+    final = max(1, round(units * target / mean))
+    return final, max(1, round(mean * final / units))
