@@ -121,6 +121,13 @@ def test_generate_returns_context_and_raw(client: ollama.Client) -> None:
     assert raw.prompt_eval_count == len(raw.context) - raw.eval_count < 10  # no template around it
 
 
+def test_ignore_eos_generates_exactly_num_predict_tokens(client: ollama.Client) -> None:
+    short = client.generate(SMOL, "Say hi.", options={**GREEDY, "num_predict": 200})
+    assert short.done_reason == "stop" and short.eval_count < 200  # the model ends its answer on its own
+    full = client.generate(SMOL, "Say hi.", options={**GREEDY, "num_predict": short.eval_count + 8, "ignore_eos": True})
+    assert full.done_reason == "length" and full.eval_count == short.eval_count + 8
+
+
 def test_embed_and_legacy_embeddings(client: ollama.Client) -> None:
     result = client.embed(SMOL, input=["the cat sat", "a dog ran"])
     assert len(result.embeddings) == 2 and all(len(v) == 576 for v in result.embeddings)

@@ -33,6 +33,7 @@ _SAMPLING_NAMES = {
     "frequency_penalty": "frequency_penalty",
     "seed": "seed",
     "stop": "stop",
+    "ignore_eos": "ignore_eos",
 }
 
 

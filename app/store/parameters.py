@@ -44,6 +44,7 @@ PARAMETERS: dict[str, Spec] = {
     "frequency_penalty": Spec(float, None, None, "penalty scaled by how often a token appeared"),
     "stop": Spec(list, None, None, "text that ends generation; repeat for several"),
     "use_mmap": Spec(bool, None, None, "map the model file instead of reading it into memory"),
+    "ignore_eos": Spec(bool, None, None, "keep generating past end-of-sequence tokens (for benchmarks)"),
 }
 
 #: Parameters Ollama once accepted and now ignores with a warning; loam does the same.
