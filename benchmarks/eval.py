@@ -10,7 +10,6 @@ tokenization left out:
 
   loam             tokens in the windows / time from the first /score request to the last answer
   llama-perplexity the same tokens / time from its "calculating perplexity over" line to "Final estimate"
-                   (its own "prompt eval" rate, llama_decode time alone, is printed for reference)
 
 Prints each side's median tok/s, PPL, and the ratio loam / llama-perplexity.
 """
@@ -66,11 +65,9 @@ def run_llama(bin_dir: Path, model: Path, text: Path, ctx: int, threads: int, ch
         raise SystemExit(f"llama-perplexity failed:\n{log[-3000:]}")
     n_chunks = int(re.search(r"calculating perplexity over (\d+) chunks", log).group(1))  # type: ignore[union-attr]
     ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", log).group(1))  # type: ignore[union-attr]
-    decode = re.search(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens", log)
     tokens = n_chunks * ctx
     return {
         "tok_s": tokens / (marks["end"] - marks["start"]),
-        "decode_tok_s": int(decode.group(2)) / float(decode.group(1)) * 1000 if decode else float("nan"),
         "ppl": ppl,
         "tokens": tokens,
     }
@@ -119,10 +116,7 @@ def main() -> int:
     llama_rate = statistics.median(r["tok_s"] for r in theirs)
     print(f"model {args.model}, ctx {args.ctx}, {int(ours[0]['tokens'])} tokens, {args.threads} threads")
     print(f"loam eval          {loam_rate:8.0f} tok/s   PPL {ours[0]['ppl']:.4f}")
-    print(
-        f"llama-perplexity   {llama_rate:8.0f} tok/s   PPL {theirs[0]['ppl']:.4f}   "
-        f"(llama_decode alone: {statistics.median(r['decode_tok_s'] for r in theirs):.0f} tok/s)"
-    )
+    print(f"llama-perplexity   {llama_rate:8.0f} tok/s   PPL {theirs[0]['ppl']:.4f}")
     print(f"ratio loam / llama-perplexity: {loam_rate / llama_rate:.2f}x")
     return 0
 

@@ -62,10 +62,10 @@ def test_perplexity_agrees_with_llama_perplexity(smollm2: tuple[Path, dict[str, 
 def test_multiple_choice_agrees_with_llama_perplexity(smollm2: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     model, env = smollm2
     tasks = tmp_path / "tasks.bin"
-    mc.write(question_tasks(300), tasks)
+    mc.write(question_tasks(150), tasks)
     theirs = llama_perplexity("-m", str(model), "-bf", str(tasks), "--multiple-choice", "-c", "512")
     match = re.search(r"Final result: ([0-9.]+) \+/- ([0-9.]+)", theirs)
     assert match, theirs[-2000:]
     ours = figures(eval_json("smollm2:135m", "--choices", str(tasks), "--no-save", env=env), "smol")
     assert abs(ours["accuracy"] - float(match.group(1))) <= 1.0, (ours, match.group(0))
-    assert ours["tasks"] == 300
+    assert ours["tasks"] == 150
