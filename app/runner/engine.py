@@ -179,7 +179,7 @@ class Engine:
         size = llama.llama_state_seq_get_size(self.model.ctx, slot.id)
         buf = (ctypes.c_uint8 * size)()
         written = llama.llama_state_seq_get_data(self.model.ctx, buf, size, slot.id)
-        self.cache.put(SavedState(tuple(slot.tokens), bytes(buf[:written])))
+        self.cache.put(SavedState(tuple(slot.tokens), ctypes.string_at(buf, written)))  # one copy, not a list
 
     def _restore(self, slot: Slot, saved: SavedState) -> None:
         llama.llama_memory_seq_rm(self.model.memory, slot.id, -1, -1)
