@@ -130,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=0, metavar="N", help="score only the first N windows")
     p.add_argument("--kld", metavar="BASE", help="KL divergence of each model from BASE over the same windows")
     p.add_argument("--choices", metavar="FILE", help="multiple-choice tasks: llama.cpp's binary format or JSONL")
-    p.add_argument("--tasks", type=int, default=0, metavar="N", help="use only the first N multiple-choice tasks")
+    p.add_argument(
+        "--tasks", type=int, default=0, metavar="N",
+        help="N tasks drawn as llama-perplexity --multiple-choice-tasks N draws them (seed 1); 0: all",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (default: physical cores)")
     p.add_argument("--num-gpu", type=int, default=-1, metavar="N", help="layers on the GPU (default: what fits)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choices", metavar="FILE", help="multiple-choice tasks for accuracy")
     p.add_argument("--ctx", type=int, default=512, metavar="N", help="eval window and bench context (default 512)")
     p.add_argument("--chunks", type=int, default=0, metavar="N", help="score only the first N windows")
-    p.add_argument("--tasks", type=int, default=0, metavar="N", help="use only the first N multiple-choice tasks")
+    p.add_argument("--tasks", type=int, default=0, metavar="N", help="N multiple-choice tasks (as eval --tasks)")
     p.add_argument("--prompt-tokens", type=int, default=256, metavar="N", help="bench prompt length")
     p.add_argument("--gen", type=int, default=64, metavar="N", help="bench tokens per request")
     p.add_argument("--kld-threshold", type=float, default=0.05, metavar="X", help="recommendation: mean KLD under X")

@@ -91,7 +91,7 @@ def test_a_ladder_from_f16_measures_every_rung_and_writes_its_report(f16_home: P
     assert f16["size"] > q8["size"] > q4["size"] and f16["bpw"] > q8["bpw"] > q4["bpw"]
     assert all(r["memory"] > r["size"] for r in result["rungs"])
     assert 0 < q8["kld_mean"] < q4["kld_mean"] and q8["same_top"] > q4["same_top"]
-    assert all(r["ppl"] > 1 and r["gen_tps_1"] > 0 and r["gen_tps_4"] > 0 and r["slots"] == 4 for r in result["rungs"])
+    assert all(r["ppl"] > 1 and r["gen_tps_1"] > 0 and r["agg_tps_4"] > 0 and r["slots"] == 4 for r in result["rungs"])
     assert result["recommended"] in names[1:] and "KL divergence" in result["rule"]
     written = report.read_text()
     assert "loam ladder smollm2:f16 --types q8_0,q4_0" in written and "| smollm2:q4_0 | Q4_0 |" in written

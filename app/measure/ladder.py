@@ -229,7 +229,8 @@ def measure_all(rungs: list[Rung], args: argparse.Namespace) -> None:
             "prompt_tps_1": one.get("prompt_tps"),
             "gen_tps_1": one.get("stream_tps"),
             "ttft_p50_ms_1": one.get("ttft_p50_ms"),
-            "gen_tps_4": four.get("aggregate_tps"),
+            "agg_tps_1": one.get("aggregate_tps"),
+            "agg_tps_4": four.get("aggregate_tps"),
             "slots": model.get("slots"),
         }
     if args.text:

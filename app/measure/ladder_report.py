@@ -17,7 +17,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("MEMORY", "memory", "bytes"),
     ("PROMPT t/s", "prompt_tps_1", "{:.0f}"),
     ("GEN t/s", "gen_tps_1", "{:.1f}"),
-    ("GEN t/s x4", "gen_tps_4", "{:.1f}"),
+    ("TOTAL t/s x1", "agg_tps_1", "{:.1f}"),
+    ("TOTAL t/s x4", "agg_tps_4", "{:.1f}"),
     ("PPL", "ppl", "{:.3f}"),
     ("±", "ppl_err", "{:.3f}"),
     ("KLD", "kld_mean", "{:.5f}"),
@@ -70,20 +71,25 @@ def chart(result: dict[str, Any], width: int = 100, height: int = 30, color: boo
     fig.plot_size(width, height)
     fig.subplots(2, 1)
     panels = (
-        ("mean KL divergence from the source vs size (MB)", (("kld_mean", "KLD"),)),
-        ("generated tok/s vs size (MB)", (("gen_tps_1", "1 stream"), ("gen_tps_4", "4 streams"))),
+        ("mean KL divergence from the source vs size (MB)", (("kld_mean", "o"),)),
+        ("generated tok/s, all streams, vs size (MB): o 1 stream, x 4", (("agg_tps_1", "o"), ("agg_tps_4", "x"))),
     )
     for row, (title, series) in enumerate(panels, start=1):
         plot = fig.subplot(row, 1)
         plot.title(title)
-        for key, name in series:
+        for key, marker in series:
             points = [(r["size"] / 1e6, r[key], r["type"]) for r in rungs if r.get(key) is not None]
             if not points:
                 continue
-            plot.draw(plot.signal([p[0] for p in points], [p[1] for p in points]).label(name))
-            if len(series) == 1:
+            if len(series) > 1:
+                plot.draw(plot.signal([p[0] for p in points], [p[1] for p in points], marker=marker))
+            if len(series) == 1:  # name each point; right of it, or left of it in the right half
+                middle = (min(p[0] for p in points) + max(p[0] for p in points)) / 2
                 for x, y, label in points:
-                    plot.draw(plot.text(x, y, label))
+                    right = len(points) > 1 and x > middle
+                    plot.draw(
+                        plot.text(x, y, f"{label} o" if right else f"o {label}", alignment="right" if right else "left")
+                    )
     text = str(fig.build())
     return text if color else _ANSI.sub("", text)
 
@@ -108,8 +114,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "PPL is llama-perplexity's figure on the text (windows of the context, second half scored); KLD is the",
         "mean KL divergence of each type's next-token distribution from the source's over the same windows;",
-        "SAME TOP is how often both pick the same most likely token. Speeds are through loam's server:",
-        "GEN t/s is one stream, GEN t/s x4 the aggregate of four concurrent streams.",
+        "SAME TOP is how often both pick the same most likely token. Speeds are through loam's server",
+        "(`loam bench`): PROMPT t/s and GEN t/s are one stream's prompt reading and decoding rates; TOTAL t/s",
+        "is every generated token over the wall time, prompts included, with 1 and with 4 concurrent streams.",
         "",
         "```",
         chart(result, color=False),
