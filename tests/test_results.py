@@ -27,7 +27,8 @@ def test_figures_merge_across_runs_the_newest_winning(loam_home: Path) -> None:
     results.record("eval", DIGEST, "m:1", {"ppl": 21.3, "kld_mean": 0.012}, {"ctx": 512, "base": "m:f16"})
     results.record("bench", DIGEST, "m:1", {"gen_tps_1": 178.4, "best_aggregate_tps": 290, "best_concurrency": 4}, {})
     assert results.summary(DIGEST) == (
-        "178 tok/s generation, 290 tok/s at 4 streams, PPL 21.30 at ctx 512, KLD 0.0120 vs m:f16, 41.5% multiple choice"
+        "178 tok/s generation, 290 tok/s total at 4 streams, PPL 21.30 at ctx 512, KLD 0.0120 vs m:f16, "
+        "41.5% multiple choice"
     )
 
 

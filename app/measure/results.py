@@ -135,7 +135,7 @@ def summary(digest: str) -> str:
         parts.append(f"{got[0]:.0f} tok/s generation")
     best, level = _number(last, "bench.best_aggregate_tps"), _number(last, "bench.best_concurrency")
     if best and level and level[0] > 1:
-        parts.append(f"{best[0]:.0f} tok/s at {level[0]:.0f} streams")
+        parts.append(f"{best[0]:.0f} tok/s total at {level[0]:.0f} streams")
     if got := _number(last, "eval.ppl"):
         ctx = got[1].settings.get("ctx")
         parts.append(f"PPL {got[0]:.2f}" + (f" at ctx {ctx}" if ctx else ""))
