@@ -154,8 +154,8 @@ def test_missing_arguments_show_the_usage(line: str, fragment: str) -> None:
     [
         ("/set", "/set needs one of: parameter, system, verbose, quiet"),
         ("/set colour red", "use one of: parameter, system, verbose, quiet"),
-        ("/show", "/show needs one of: info, modelfile, parameters, system, template, license"),
-        ("/show everything", "use one of: info, modelfile, parameters, system, template, license"),
+        ("/show", "/show needs one of: info, modelfile, parameters, system, template, license, measured"),
+        ("/show everything", "use one of: info, modelfile, parameters, system, template, license, measured"),
         ("/unset", "/unset needs one of: parameter, system"),
         ("/unset verbose", "use one of: parameter, system"),
     ],

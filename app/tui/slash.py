@@ -56,7 +56,7 @@ class SetVerbose:
 
 @dataclass(frozen=True)
 class Show:
-    """Show one piece of model information: info, modelfile, parameters, system, template or license."""
+    """Show one piece of model information: info, modelfile, parameters, system, template, license, measured."""
 
     what: str
 
@@ -96,7 +96,7 @@ Command: TypeAlias = SetParameter | UnsetParameter | SetSystem | SetVerbose | Sh
 
 SET_SUBCOMMANDS = ("parameter", "system", "verbose", "quiet")
 UNSET_SUBCOMMANDS = ("parameter", "system")
-SHOW_TOPICS = ("info", "modelfile", "parameters", "system", "template", "license")
+SHOW_TOPICS = ("info", "modelfile", "parameters", "system", "template", "license", "measured")
 HELP_TOPICS = ("shortcuts", "set", "show")
 
 HELP = """\
@@ -137,7 +137,8 @@ Available commands:
   /show parameters   Parameters of this model and of this chat
   /show system       The system message
   /show template     The prompt template
-  /show license      The model's license"""
+  /show license      The model's license
+  /show measured     What loam bench and loam eval measured of it here"""
 
 
 def parse(line: str) -> Command | None:
