@@ -160,6 +160,7 @@ def test_distribution_rows_are_log_softmax_and_agree_with_the_json(packed: Runne
         ({"windows": [{"tokens": [1, 2, 3]}]}, "windows[0].from"),
         ({"windows": [{"tokens": [1, 2], "from": 1}, {"tokens": [1, -1], "from": 1}]}, "windows[1].tokens has an id"),
         ({"windows": [{"tokens": [1, 10**6], "from": 1}]}, "outside the vocabulary"),
+        ({"windows": [{"tokens": [1, 10**30], "from": 1}]}, "outside the vocabulary"),  # past int64
         ({"windows": [{"tokens": [1, 2.5], "from": 1}]}, "list of token ids"),
         ({"windows": [{"tokens": [1, True], "from": 1}]}, "list of token ids"),
         ({"windows": [{"tokens": [1, 2], "from": 1}] * 4097}, "at most 4096"),

@@ -206,10 +206,9 @@ def _window(i: int, w: Any, n_vocab: int, n_ctx_slot: int) -> tuple[np.ndarray, 
             f"windows[{i}] has {len(tokens)} tokens but a slot holds {n_ctx_slot}; "
             "use shorter windows or start the runner with a larger --ctx-size per slot"
         )
-    array = np.asarray(tokens, dtype=np.int64)
-    if array.min() < 0 or array.max() >= n_vocab:
+    if min(tokens) < 0 or max(tokens) >= n_vocab:  # checked before numpy, which cannot hold an id past int64
         raise ValueError(f"windows[{i}].tokens has an id outside the vocabulary of {n_vocab}")
-    return array.astype(np.int32), start
+    return np.asarray(tokens, dtype=np.int32), start
 
 
 def logsumexp(rows: np.ndarray) -> np.ndarray:
