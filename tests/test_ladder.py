@@ -50,6 +50,17 @@ def test_the_recommendation_is_the_smallest_type_under_the_threshold() -> None:
     assert recommend([source, _rung("Q8_0", 150, None)], 0.05)[0] is None
 
 
+def test_a_report_path_in_a_missing_folder_fails_before_any_measuring(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from app.measure import ladder
+
+    report = tmp_path / "no-such-folder" / "ladder.md"
+    args = Namespace(source="no-such:model", types="q8_0", text=None, choices=None, report=str(report))
+    with pytest.raises(LoamError, match="--report .*folder does not exist"):
+        ladder.run(args)
+
+
 @pytest.fixture(scope="module")
 def f16_home(smollm2_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("ladder")

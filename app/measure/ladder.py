@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value and not Path(value).is_file():
             raise LoamError(f"--{flag} {value}: no such file")
+    if args.report and not Path(args.report).resolve().parent.is_dir():  # known before minutes of measuring
+        raise LoamError(f"--report {args.report}: its folder does not exist; create it or give another path")
     store = Store.default()
     display = ProgressDisplay()
     try:
@@ -207,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         print(ladder_report.chart(result), file=sys.stderr)
     if args.report:
-        Path(args.report).write_text(ladder_report.markdown(result), encoding="utf-8")
+        try:
+            Path(args.report).write_text(ladder_report.markdown(result), encoding="utf-8")
+        except OSError as e:
+            raise LoamError(f"cannot write --report {args.report}: {e.strerror or e}") from None
         _status(f"wrote {args.report}")
     return 0
 
