@@ -43,6 +43,16 @@ def test_other_machines_and_damaged_lines_are_left_out(loam_home: Path) -> None:
     assert results.summary(DIGEST) == "100 tok/s generation"
 
 
+def test_a_line_with_settings_or_time_of_the_wrong_kind_is_left_out(loam_home: Path) -> None:
+    results.record("eval", DIGEST, "m:1", {"ppl": 21.25}, {"ctx": 512})
+    path = next((loam_home / "data").rglob("sha256-*.jsonl"))
+    good = json.loads(path.read_text().splitlines()[0])
+    with path.open("a") as f:
+        f.write(json.dumps(good | {"settings": "ctx=512"}) + "\n" + json.dumps(good | {"time": "today"}) + "\n")
+    assert len(results.history(DIGEST)) == 1
+    assert results.summary(DIGEST) == "PPL 21.25 at ctx 512" and len(results.history_lines(DIGEST)) == 1
+
+
 def test_history_lines_list_the_newest_first(loam_home: Path) -> None:
     results.record("bench", DIGEST, "m:1", {"gen_tps_1": 100.0, "levels": [{"concurrency": 1}]}, {"gen": 64})
     results.record("eval", DIGEST, "m:1", {"ppl": 21.25}, {"ctx": 512})

@@ -101,7 +101,9 @@ def history(digest: str, this_machine: bool = True) -> list[Measurement]:
             m = Measurement(**{k: data[k] for k in Measurement.__dataclass_fields__ if k in data})
         except (ValueError, TypeError, KeyError):
             continue
-        if not isinstance(m.figures, dict) or (me and m.machine != me):
+        if not isinstance(m.figures, dict) or not isinstance(m.settings, dict) or (me and m.machine != me):
+            continue
+        if isinstance(m.time, bool) or not isinstance(m.time, (int, float)):  # show and the F2 tab format it
             continue
         out.append(m)
     return out
