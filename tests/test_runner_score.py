@@ -214,9 +214,11 @@ def test_n_probs_agrees_with_score(packed: RunnerProcess) -> None:
     np.testing.assert_allclose(scored, expected, atol=1e-4)
 
 
-def test_bad_n_probs_gets_400(packed: RunnerProcess) -> None:
-    response = httpx.post(packed.url + "/completion", json={"prompt": "x", "n_probs": -2})
-    assert response.status_code == 400 and "n_probs" in response.json()["error"]["message"]
+@pytest.mark.parametrize("n_probs", [-2, 101, 49152, 2.5])
+def test_bad_n_probs_gets_400(packed: RunnerProcess, n_probs: float) -> None:
+    """Negative, fractional, or more entries than any client needs (each is held for a whole answer)."""
+    response = httpx.post(packed.url + "/completion", json={"prompt": "x", "n_probs": n_probs})
+    assert response.status_code == 400 and "n_probs must be a whole number from 0 to 100" in response.text
 
 
 def test_chat_slots_survive_scoring(packed: RunnerProcess) -> None:

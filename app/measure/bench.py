@@ -163,8 +163,10 @@ def _get(url: str, path: str, body: dict[str, Any] | None = None) -> httpx.Respo
         if body is None:
             return httpx.get(url + path, timeout=30)
         return httpx.post(url + path, json=body, timeout=30)
-    except httpx.HTTPError as e:
-        raise LoamError(f"no server answers at {url} ({type(e).__name__}); is it running?") from None
+    except httpx.TimeoutException:
+        raise LoamError(f"the server at {url} did not answer within 30 s; is it overloaded?") from None
+    except httpx.HTTPError:
+        raise LoamError(f"no server answers at {url}; is it running?") from None
 
 
 def _json_of(response: httpx.Response) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from typing import Any
 
 import llama_cpp as llama
 
+#: Most top entries per token: each is kept for the whole answer of a non-streamed request.
+MAX_N_PROBS = 100
+
 
 @dataclass
 class SamplingParams:
@@ -58,8 +61,8 @@ class SamplingParams:
             setattr(params, f.name, value)
         if "max_tokens" in body and "n_predict" not in body:
             params.n_predict = int(body["max_tokens"])
-        if params.n_probs < 0:
-            raise ValueError("n_probs must be 0 or more")
+        if not 0 <= params.n_probs <= MAX_N_PROBS or params.n_probs != body.get("n_probs", 0):
+            raise ValueError(f"n_probs must be a whole number from 0 to {MAX_N_PROBS}")
         if params.json_schema is not None and not params.grammar:
             params.grammar = schema_grammar(params.json_schema)
         return params
