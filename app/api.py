@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.server.options import parse_keep_alive
+from app.durations import parse_keep_alive
 from app.store.parameters import PARAMETERS, ParameterError, coerce
 
 #: keep_alive beyond this many seconds (about 100 years) is refused; a negative one means forever.

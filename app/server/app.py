@@ -18,13 +18,13 @@ import uvicorn
 from starlette.applications import Starlette
 
 from app import config
+from app.durations import parse_keep_alive
 from app.errors import ConfigError
 from app.hardware import detect, llama_backends
 from app.server import ollama_api, openai_api
 from app.server.generate import Generator
 from app.server.guard import Guard
 from app.server.guard import settings_from_env as guard_settings
-from app.server.options import parse_keep_alive
 from app.server.scheduler import Scheduler, Settings
 from app.server.state import ServerState
 from app.store.catalog import Catalog
