@@ -1,0 +1,1 @@
+"""Tools: the calls models make, in the formats their templates teach."""

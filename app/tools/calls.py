@@ -1,0 +1,200 @@
+"""Tool calls in a model's output: the common formats, parsed as the text streams in.
+
+Models announce a call in one of a few ways, and the chat template says which:
+
+- Hermes / Qwen: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one block per call;
+- Llama 3.x: `<|python_tag|>` then `{"name": ..., "parameters": {...}}`, calls separated by `;`,
+  or the same JSON as the whole answer;
+- Mistral: `[TOOL_CALLS]` then a JSON list of `{"name", "arguments"}`;
+- plain JSON: an answer that is one call object, or a list of them.
+
+A `CallParser` takes the text piece by piece: text before a call comes out at
+once (minus a possible half-written marker at its end), a call comes out whole
+when its closing marker or the end of the answer arrives. What does not parse
+as a call is given back as text, never lost. Everything it holds is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Most characters held back while a call is being written; beyond it the text is given back as text.
+MAX_HELD = 1 << 20
+MAX_CALLS = 64
+
+FORMATS = ("hermes", "llama3", "mistral", "json")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call: the function's name and its arguments as a JSON object."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_format(template: str | None) -> str:
+    """The call format a chat template (Go or Jinja) teaches its model; "json" when it names none."""
+    text = template or ""
+    if "<tool_call>" in text:
+        return "hermes"
+    if "[TOOL_CALLS]" in text:
+        return "mistral"
+    if "<|python_tag|>" in text or "<|eom_id|>" in text:
+        return "llama3"
+    return "json"
+
+
+_OPENERS = {"hermes": "<tool_call>", "llama3": "<|python_tag|>", "mistral": "[TOOL_CALLS]"}
+_CLOSERS = {"hermes": "</tool_call>"}
+
+
+def _as_call(obj: Any) -> ToolCall | None:
+    """A call from a decoded JSON object: `name` plus `arguments` or `parameters` (an object or its JSON text)."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("function"), dict):  # {"type": "function", "function": {...}}
+        obj = obj["function"]
+    name = obj.get("name")
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(name, str) or not name or not isinstance(args, dict):
+        return None
+    return ToolCall(name, args)
+
+
+def parse_calls(text: str) -> list[ToolCall] | None:
+    """Every call in `text` (JSON: one object, a list, or objects separated by `;`), or None if it is not calls."""
+    text = text.strip()
+    if not text:
+        return None
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    at = 0
+    while at < len(text):
+        try:
+            obj, end = decoder.raw_decode(text, at)
+        except ValueError:
+            return None
+        for item in obj if isinstance(obj, list) else [obj]:
+            call = _as_call(item)
+            if call is None:
+                return None
+            calls.append(call)
+        if len(calls) > MAX_CALLS:
+            return None
+        at = end
+        while at < len(text) and text[at] in " \t\r\n;,":
+            at += 1
+    return calls or None
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """How many characters at the end of `text` could be the start of `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0
+
+
+class CallParser:
+    """Splits a streamed answer into text and tool calls, in one of FORMATS."""
+
+    def __init__(self, fmt: str = "json") -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown tool call format {fmt!r}; one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self.calls: list[ToolCall] = []
+        self._opener = _OPENERS.get(fmt)
+        self._closer = _CLOSERS.get(fmt)
+        self._pending = ""  # text not yet given out: a possible marker start, or a call being written
+        self._in_call = False
+        self._started = False  # some non-space text has been seen
+        self._bare = False  # the answer opened with JSON: it may be a call as a whole
+        self._after_call = False  # blank text right after a call is not shown
+
+    def feed(self, piece: str) -> str:
+        """The text of `piece` that is safe to show now; calls found go to `self.calls`."""
+        self._pending += piece
+        out: list[str] = []
+        while self._pending:
+            before = len(self._pending), self._in_call
+            out.append(self._step())
+            if (len(self._pending), self._in_call) == before:
+                break
+        if len(self._pending) > MAX_HELD:  # a runaway "call": show it as what it is
+            out.append(self._give_back())
+        return "".join(out)
+
+    def flush(self) -> str:
+        """The end of the answer: finish a call written to the end, give back whatever is not one."""
+        held, self._pending = self._pending, ""
+        if self._in_call or self._bare:
+            body = held[len(self._opener) :] if self._in_call and self._opener and not self._bare else held
+            calls = parse_calls(body)
+            if calls is not None:
+                self.calls += calls
+                return ""
+        self._in_call = self._bare = False
+        return held.lstrip() if self._after_call else held
+
+    def _give_back(self) -> str:
+        held, self._pending = self._pending, ""
+        self._in_call = self._bare = False
+        return held
+
+    def _step(self) -> str:
+        """Consume what can be decided of `_pending`; returns the text to show."""
+        if not self._started:
+            stripped = self._pending.lstrip()
+            if not stripped:
+                return ""
+            self._started = True
+            if self.fmt in ("json", "llama3") and stripped[0] in "{[":
+                self._bare = True
+        if self._bare:
+            return ""  # held to the end: the whole answer is a call, or it is given back as text
+        if self._in_call:
+            return self._close_call()
+        if self._opener is None:
+            text, self._pending = self._pending, ""
+            return text
+        if self._after_call:
+            self._pending = self._pending.lstrip()
+            if not self._pending:
+                return ""
+            self._after_call = False
+        at = self._pending.find(self._opener)
+        if at < 0:
+            keep = _partial_suffix(self._pending, self._opener)
+            text = self._pending[: len(self._pending) - keep]
+            self._pending = self._pending[len(text) :]
+            return text
+        text, self._pending = self._pending[:at], self._pending[at:]
+        self._in_call = True
+        return text
+
+    def _close_call(self) -> str:
+        """Inside a call: with a closing marker, parse the block once it is whole; without one, wait for the end."""
+        if self._closer is None:
+            return ""
+        assert self._opener is not None
+        end = self._pending.find(self._closer)
+        if end < 0:
+            return ""
+        block = self._pending[len(self._opener) : end]
+        whole = self._pending[: end + len(self._closer)]
+        self._pending = self._pending[end + len(self._closer) :]
+        self._in_call = False
+        calls = parse_calls(block)
+        if calls is None:
+            return whole  # not a call after all: show it as the model wrote it
+        self.calls += calls
+        self._after_call = True
+        return ""
