@@ -187,6 +187,7 @@ def _context_length(shown: dict[str, Any]) -> int | None:
 def prepare_loam(settings: Settings) -> list[ModelRun]:
     """Each model checked in loam's store (starting `loam serve` as `loam ask` does), with its load options."""
     from app.client import ensure_server
+    from app.errors import InvalidName
     from app.store.names import ModelName
 
     url = "http://" + ensure_server()
@@ -195,7 +196,7 @@ def prepare_loam(settings: Settings) -> list[ModelRun]:
     for text in settings.models:
         try:
             name = ModelName.parse(text).display
-        except Exception:  # noqa: BLE001 - any unparsable name is a model the store does not have
+        except InvalidName:
             raise LoamError(f"{text!r} is not a model name; see `loam list`") from None
         if name not in served:
             raise LoamError(f"model {text!r} is not in the store; pull it with `loam pull {text}` (see `loam list`)")

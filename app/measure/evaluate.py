@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from app.display import human_duration
 from app.errors import LoamError
 from app.measure import choices as mc
 from app.measure.perplexity import Divergence, Perplexity, first_scored, token_logprobs, windows
@@ -108,7 +109,7 @@ class Progress:
         self.drawn = now
         elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
-        eta = f"ETA {_duration((self.total - self.done) / rate)}" if rate else "ETA -"
+        eta = f"ETA {human_duration((self.total - self.done) / rate)}" if rate else "ETA -"
         if not self.tty:
             self.say(f"{self.label}: {self.done}/{self.total} tokens, {rate:.0f} tok/s, {eta}")
             return
@@ -120,16 +121,7 @@ class Progress:
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        self.say(f"{self.label}: {self.done} tokens in {_duration(elapsed)} ({rate:.0f} tok/s)")
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+        self.say(f"{self.label}: {self.done} tokens in {human_duration(elapsed)} ({rate:.0f} tok/s)")
 
 
 # -- inputs ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from app.display import human_bytes
+from app.display import table as layout
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: (header, key, format) of each table column; a rung without the figure shows "-".
@@ -53,11 +54,7 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def table(result: dict[str, Any]) -> str:
     """The ladder as aligned text columns, the source first."""
     header, body = rows(result)
-    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]
-    ]
-    return "\n".join(lines)
+    return layout([header, *body], gap=2)
 
 
 def chart(result: dict[str, Any], width: int = 100, height: int = 30, color: bool = True) -> str:

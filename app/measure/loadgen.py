@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,21 +66,23 @@ class Event:
 # -- the three APIs ------------------------------------------------------------------------------------------------
 
 
-class Api:
+class Api(ABC):
     """How one server family is asked for a streamed completion and how its stream reads."""
 
     name = ""
     sse = False
 
+    @abstractmethod
     def request(self, model: str, prompt: str, gen: int, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
+        """The path and body of a streamed request for `gen` tokens."""
 
+    @abstractmethod
     def parse(self, line: str) -> Event | None:
-        raise NotImplementedError
+        """What one line of the stream says; None for lines that carry nothing."""
 
+    @abstractmethod
     async def count_tokens(self, http: httpx.AsyncClient, model: str, text: str, options: dict[str, Any]) -> int:
         """The server's own token count of a prompt."""
-        raise NotImplementedError
 
 
 def _json(line: str) -> dict[str, Any]:

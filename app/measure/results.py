@@ -9,6 +9,7 @@ the latest figures of this machine back. A damaged line is skipped, never fatal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,8 +48,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def machine_label() -> str:
-    """What the figures were measured on, in words: CPU, cores and GPUs."""
+    """What the figures were measured on, in words: CPU, cores and GPUs (asked once: it runs nvidia-smi)."""
     from app.hardware.devices import nvidia_gpus
 
     gpus = ", ".join(sorted({g.name for g in nvidia_gpus()}))
