@@ -48,3 +48,7 @@ class ModelfileError(LoamError):
 
 class QuantizeError(LoamError):
     """Quantizing a model failed, was refused, or its process crashed."""
+
+
+class Unsupported(LoamError):
+    """A request needs a capability the model lacks (tools, thinking, images): an API 400."""

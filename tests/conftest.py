@@ -91,6 +91,23 @@ def smollm2_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home / "models"
 
 
+@pytest.fixture(scope="session")
+def tools_store(smollm2_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with smollm2:135m and smollm2:135m-tools, made from docs/modelfiles/smollm2-tools.Modelfile.
+
+    Blobs are hard-linked from the session's SmolLM2 store; tests that write to a store clone this one.
+    """
+    from tests.server_process import clone_store
+
+    home = tmp_path_factory.mktemp("tools")
+    models = clone_store(smollm2_store, home / "models")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "config"), "LOAM_MODELS": str(models)}
+    modelfile = REPO / "docs" / "modelfiles" / "smollm2-tools.Modelfile"
+    result = run_loam("create", "smollm2:135m-tools", "-f", str(modelfile), env=env)
+    assert result.returncode == 0, result.stderr
+    return models
+
+
 def run_loam(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a person would, in a child process."""
     return subprocess.run(

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.api import describe
-from app.errors import InvalidName, LoamError, ModelfileError, ModelNotFound, QuantizeError
+from app.errors import InvalidName, LoamError, ModelfileError, ModelNotFound, QuantizeError, Unsupported
 from app.server.runners import RunnerError
 from app.server.scheduler import QueueFull
 
@@ -37,7 +37,7 @@ def status_of(error: BaseException) -> int:
     """Ollama's status code for an error."""
     if isinstance(error, ModelNotFound):
         return 404
-    if isinstance(error, (BadRequest, ValueError, InvalidName, ModelfileError, QuantizeError)):
+    if isinstance(error, (BadRequest, ValueError, InvalidName, ModelfileError, QuantizeError, Unsupported)):
         return 400
     if isinstance(error, QueueFull):
         return 503
