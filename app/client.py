@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from app import config
 from app.api import ChatRequest, Stats, describe
 from app.errors import LoamError
+from app.tools.calls import ToolCall
 
 #: Connecting must be quick; reading may wait through a model load, so it has no limit.
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
@@ -95,21 +96,53 @@ def chat_body(
     keep_alive: str | float | None = None,
     stream: bool = True,
     think: bool | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """An /api/chat request body with the unset fields left out (the server's defaults apply).
+
+    `tools` are OpenAI/Ollama function specs; an empty list is left out, so the model sees none.
 
     It is checked against the server's own model (app/api.py) first, so a bad
     option or keep_alive is the same one-line error without a round trip.
     """
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-    for key, value in (("options", options), ("format", format), ("keep_alive", keep_alive), ("think", think)):
-        if value not in (None, {}, ""):
+    fields = (("options", options), ("format", format), ("keep_alive", keep_alive), ("think", think), ("tools", tools))
+    for key, value in fields:
+        if value not in (None, {}, "", []):
             body[key] = value
     try:
         ChatRequest.model_validate(body, context={"client": True})
     except ValidationError as e:
         raise RequestError(describe(e)) from None
     return body
+
+
+#: Calls one reply may carry; more is a server (or model) gone wrong, and the rest are dropped.
+MAX_CALLS_PER_REPLY = 16
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
+    """The calls in a reply's `message.tool_calls` (Ollama's shape), arguments as a dict.
+
+    OpenAI-style arguments given as a JSON string are decoded; a call without a name is
+    dropped, and arguments that are not an object become {"": value} so the tool can refuse them.
+    """
+    calls: list[ToolCall] = []
+    raw = message.get("tool_calls")
+    for item in raw if isinstance(raw, list) else []:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            continue
+        arguments: Any = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                pass
+        if arguments is None:
+            arguments = {}
+        calls.append(ToolCall(function["name"], arguments if isinstance(arguments, dict) else {"": arguments}))
+    return calls[:MAX_CALLS_PER_REPLY]
 
 
 class Client:

@@ -175,3 +175,102 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# -- tools: [mcp.NAME] servers and the [tools] table ---------------------------
+
+#: Names of the tools loam itself offers; an MCP server may not take one of them.
+BUILTIN_TOOL_NAMES = ("current_time", "read_file")
+#: Seconds one MCP tool call may take unless `timeout` says otherwise.
+DEFAULT_TOOL_TIMEOUT = 60.0
+_SERVER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True)
+class McpServer:
+    """One `[mcp.NAME]` table: a command to run over stdio, or a streamable HTTP URL."""
+
+    name: str
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    url: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = DEFAULT_TOOL_TIMEOUT
+
+    @property
+    def transport(self) -> str:
+        return "stdio" if self.command else "http"
+
+
+def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f'config.toml: {where}.{key} must be a list of strings, e.g. {key} = ["-y", "server"]')
+    return tuple(value)
+
+
+def _string_table(where: str, key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f'config.toml: {where}.{key} must be a table of strings, e.g. {key} = {{ NAME = "value" }}')
+    return tuple(sorted(value.items()))
+
+
+def _mcp_server(name: str, table: Any) -> McpServer:
+    where = f"[mcp.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f'config.toml: mcp.{name} must be a table, e.g. [mcp.{name}] command = "..."')
+    if not name or set(name) - _SERVER_NAME_CHARS or len(name) > 32:
+        raise ConfigError(f"config.toml: [mcp.{name}]: a server name is 1-32 letters, digits, _ or -")
+    if name in BUILTIN_TOOL_NAMES:
+        raise ConfigError(f"config.toml: [mcp.{name}]: {name} is a built-in tool's name; rename the server")
+    known = {"command", "args", "env", "url", "headers", "timeout"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"config.toml: {where} has unknown key {unknown[0]!r}; use {', '.join(sorted(known))}")
+    command, url = table.get("command", ""), table.get("url", "")
+    if not isinstance(command, str) or not isinstance(url, str):
+        raise ConfigError(f"config.toml: {where}: command and url are strings")
+    if bool(command) == bool(url):
+        raise ConfigError(f"config.toml: {where} needs either command (a stdio server) or url (HTTP), not both")
+    if command and {"headers"} & set(table):
+        raise ConfigError(f"config.toml: {where}: headers go with url; a command server takes args and env")
+    if url and {"args", "env"} & set(table):
+        raise ConfigError(f"config.toml: {where}: args and env go with command; a url server takes headers")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"config.toml: {where}: url {url!r} must start with http:// or https://")
+    timeout = table.get("timeout", DEFAULT_TOOL_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+        raise ConfigError(f"config.toml: {where}: timeout is seconds per tool call, between 0 and 3600")
+    return McpServer(
+        name=name,
+        command=command,
+        args=_strings(where, "args", table.get("args", [])),
+        env=_string_table(where, "env", table.get("env", {})),
+        url=url,
+        headers=_string_table(where, "headers", table.get("headers", {})),
+        timeout=float(timeout),
+    )
+
+
+def mcp_servers(data: dict[str, Any] | None = None) -> dict[str, McpServer]:
+    """The `[mcp.NAME]` tables of config.toml, checked; ConfigError names the first bad one."""
+    data = load_config() if data is None else data
+    tables = data.get("mcp", {})
+    if not isinstance(tables, dict):
+        raise ConfigError('config.toml: mcp must hold tables, e.g. [mcp.files] command = "..."')
+    return {name: _mcp_server(name, table) for name, table in tables.items()}
+
+
+def read_roots(data: dict[str, Any] | None = None) -> list[Path]:
+    """The folders `[tools] read_roots` lets the read_file tool read, user-expanded; [] when unset."""
+    data = load_config() if data is None else data
+    tools = data.get("tools", {})
+    if not isinstance(tools, dict):
+        raise ConfigError('config.toml: tools must be a table, e.g. [tools] read_roots = ["~/notes"]')
+    unknown = sorted(set(tools) - {"read_roots"})
+    if unknown:
+        raise ConfigError(f"config.toml: [tools] has unknown key {unknown[0]!r}; it takes read_roots")
+    roots = _strings("[tools]", "read_roots", tools.get("read_roots", []))
+    if any(not root.strip() for root in roots):
+        raise ConfigError("config.toml: [tools] read_roots holds an empty path; name folders like ~/notes")
+    return [Path(root).expanduser() for root in roots]
