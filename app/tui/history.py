@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ from app.errors import LoamError
 DEFAULT_TITLE = "New chat"
 #: Longest title taken from a first user message, "…" included.
 TITLE_LENGTH = 40
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 #: SQL scripts; entry N-1 brings a file from user_version N-1 to N.
 MIGRATIONS: list[str] = [
@@ -49,11 +50,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX messages_session ON messages(session_id);
     """,
+    # Tools: a reply's calls and a tool's results are messages too, and each chat keeps which tools are on.
+    # SQLite cannot widen a CHECK in place, so the messages table is rebuilt with its rows (ids kept).
+    """
+    CREATE TABLE messages_v2 (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant', 'tool')),
+        content TEXT NOT NULL,
+        stats TEXT,
+        created REAL,
+        tool_calls TEXT,
+        tool_name TEXT
+    );
+    INSERT INTO messages_v2 (id, session_id, role, content, stats, created)
+        SELECT id, session_id, role, content, stats, created FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    CREATE INDEX messages_session ON messages(session_id);
+    ALTER TABLE sessions ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_SESSION_COLUMNS = "id, title, model, system, options, created, updated"
-_MESSAGE_COLUMNS = "id, session_id, role, content, stats, created"
+_SESSION_COLUMNS = "id, title, model, system, options, created, updated, tools"
+_MESSAGE_COLUMNS = "id, session_id, role, content, stats, created, tool_calls, tool_name"
 
 
 class HistoryError(LoamError):
@@ -62,7 +83,7 @@ class HistoryError(LoamError):
 
 @dataclass(frozen=True)
 class Session:
-    """One conversation: its model, system prompt and parameter options."""
+    """One conversation: its model, system prompt, parameter options, and the tools turned on in it."""
 
     id: int
     title: str
@@ -71,11 +92,16 @@ class Session:
     options: dict[str, Any]
     created: float
     updated: float
+    tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Message:
-    """One turn of a conversation; `stats` holds the timings of a reply."""
+    """One turn of a conversation; `stats` holds the timings of a reply.
+
+    A reply that called tools has `tool_calls` (Ollama's shape); a tool's result has role "tool"
+    and the tool's `tool_name`.
+    """
 
     id: int
     session_id: int
@@ -83,6 +109,17 @@ class Message:
     content: str
     stats: dict[str, Any] | None
     created: float
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+    def chat_message(self) -> dict[str, Any]:
+        """The message as /api/chat takes it."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_name:
+            message["tool_name"] = self.tool_name
+        return message
 
 
 def default_path() -> Path:
@@ -124,11 +161,12 @@ def _session(row: sqlite3.Row) -> Session:
         options=json.loads(row["options"]),
         created=row["created"],
         updated=row["updated"],
+        tools=tuple(json.loads(row["tools"] or "[]")),
     )
 
 
 def _message(row: sqlite3.Row) -> Message:
-    stats = row["stats"]
+    stats, calls = row["stats"], row["tool_calls"]
     return Message(
         id=row["id"],
         session_id=row["session_id"],
@@ -136,6 +174,8 @@ def _message(row: sqlite3.Row) -> Message:
         content=row["content"],
         stats=json.loads(stats) if stats is not None else None,
         created=row["created"],
+        tool_calls=json.loads(calls) if calls else None,
+        tool_name=row["tool_name"],
     )
 
 
@@ -254,11 +294,14 @@ class History:
         model: str | None = None,
         system: str | None = None,
         options: dict[str, Any] | None = None,
+        tools: list[str] | tuple[str, ...] | None = None,
     ) -> Session:
         """Change only the given fields of a session, and mark it as just touched."""
         fields: dict[str, Any] = {"title": title, "model": model, "system": system}
         if options is not None:
             fields["options"] = json.dumps(options)
+        if tools is not None:
+            fields["tools"] = json.dumps(list(tools))
         changes = {name: value for name, value in fields.items() if value is not None}
         assignments = "".join(f"{name} = ?, " for name in changes)
         with self._lock, self.db:
@@ -269,7 +312,16 @@ class History:
             )
             return self._get(session_id)
 
-    def add_message(self, session_id: int, role: str, content: str, stats: dict[str, Any] | None = None) -> Message:
+    def add_message(
+        self,
+        session_id: int,
+        role: str,
+        content: str,
+        stats: dict[str, Any] | None = None,
+        *,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_name: str | None = None,
+    ) -> Message:
         """Append a message; the first user message names a session still called "New chat"."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -278,8 +330,17 @@ class History:
             self._get(session_id)
             now = self._now()
             cur = self.db.execute(
-                "INSERT INTO messages (session_id, role, content, stats, created) VALUES (?, ?, ?, ?, ?)",
-                (session_id, role, content, json.dumps(stats) if stats is not None else None, now),
+                "INSERT INTO messages (session_id, role, content, stats, created, tool_calls, tool_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    role,
+                    content,
+                    json.dumps(stats) if stats is not None else None,
+                    now,
+                    json.dumps(tool_calls) if tool_calls else None,
+                    tool_name,
+                ),
             )
             self.db.execute(
                 "UPDATE sessions SET updated = ?, title = CASE WHEN title = ? AND ? IS NOT NULL THEN ? ELSE title END "
@@ -314,13 +375,15 @@ class History:
             source = self._get(session_id)
             now = self._now()
             cur = self.db.execute(
-                "INSERT INTO sessions (title, model, system, options, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
-                (title, source.model, source.system, json.dumps(source.options), now, now),
+                "INSERT INTO sessions (title, model, system, options, created, updated, tools) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (title, source.model, source.system, json.dumps(source.options), now, now, json.dumps(source.tools)),
             )
             new_id = int(cur.lastrowid or 0)
             self.db.execute(
-                "INSERT INTO messages (session_id, role, content, stats, created) "
-                "SELECT ?, role, content, stats, created FROM messages WHERE session_id = ? ORDER BY id",
+                "INSERT INTO messages (session_id, role, content, stats, created, tool_calls, tool_name) "
+                "SELECT ?, role, content, stats, created, tool_calls, tool_name FROM messages "
+                "WHERE session_id = ? ORDER BY id",
                 (new_id, session_id),
             )
             return self._get(new_id)
@@ -338,15 +401,44 @@ def rate_line(stats: dict[str, Any] | None) -> str | None:
     return "*" + " · ".join(parts) + "*"
 
 
+def _fenced(text: str, info: str = "") -> str:
+    """`text` in a code fence longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{text}\n{fence}"
+
+
+def pending_calls(messages: list[Message]) -> list[tuple[Message, dict[str, Any] | None]]:
+    """Each tool result with the call it answers (from the reply before it, matched by name in order)."""
+    out: list[tuple[Message, dict[str, Any] | None]] = []
+    pending: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "assistant":
+            pending = list(message.tool_calls or [])
+        elif message.role == "tool":
+            index = next((i for i, c in enumerate(pending) if c["function"]["name"] == message.tool_name), None)
+            out.append((message, pending.pop(index) if index is not None else None))
+    return out
+
+
 def export_markdown(session: Session, messages: list[Message]) -> str:
-    """The conversation as a Markdown document, message contents verbatim."""
+    """The conversation as a Markdown document, message contents verbatim, tool calls and results fenced."""
     blocks = [f"# {session.title}", f"Model: `{session.model}`"]
     if session.system:
         blocks.append("\n".join(f"> {line}".rstrip() for line in session.system.splitlines()))
     headings = {"user": "You", "assistant": session.model, "system": "System"}
     for message in messages:
-        blocks.append(f"## {headings.get(message.role, message.role)}")
-        blocks.append(message.content)
+        if message.role == "tool":
+            blocks.append(f"### Tool result: `{message.tool_name}`")
+            blocks.append(_fenced(message.content))
+            continue
+        if message.content or not message.tool_calls:
+            blocks.append(f"## {headings.get(message.role, message.role)}")
+            blocks.append(message.content)
+        for call in message.tool_calls or []:
+            function = call.get("function", {})
+            blocks.append(f"### Tool call: `{function.get('name')}`")
+            blocks.append(_fenced(json.dumps(function.get("arguments", {}), indent=2, ensure_ascii=False), "json"))
         line = rate_line(message.stats) if message.role == "assistant" else None
         if line:
             blocks.append(line)
