@@ -9,6 +9,7 @@ as Ollama and OpenAI do, so their official clients keep working.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -363,11 +364,76 @@ class OpenAIMessage(Wire):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str = ""
+    images: list[str] = []  # image_url parts of the content, kept so a model without vision can refuse them
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _take_images(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("content"), list):
+            parts = [p for p in value["content"] if isinstance(p, dict) and p.get("type") == "image_url"]
+            urls = [str(p["image_url"].get("url", "")) if isinstance(p.get("image_url"), dict) else "" for p in parts]
+            value = {**value, "images": urls} if urls else value
+        return value
 
     @field_validator("content", mode="before")
     @classmethod
     def _check_content(cls, value: Any) -> str:
         return _content(value)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _check_tool_calls(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for call in value or []:
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError("each tool call needs a function with a name")
+            arguments = function.get("arguments", "{}")
+            try:
+                parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise ValueError("function.arguments must be a JSON object (as text)")
+        return value
+
+    def internal(self, names: dict[str, str]) -> dict[str, Any]:
+        """This message in the server's (Ollama's) shape; `names` maps earlier tool call ids to their functions."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+        if self.images:
+            out["images"] = self.images
+        if self.tool_calls:
+            out["tool_calls"] = [_internal_call(c) for c in self.tool_calls]
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id or ""
+            out["tool_name"] = self.name or names.get(self.tool_call_id or "", "")
+        return out
+
+
+def _internal_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call["function"]
+    arguments = function.get("arguments", "{}")
+    arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    out: dict[str, Any] = {"function": {"name": function["name"], "arguments": arguments}}
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
+    return out
+
+
+def choice_of(value: Any, tools: list[dict[str, Any]] | None) -> str | None:
+    """OpenAI's tool_choice as the generator takes it: "auto", "none", "required" or a function's name."""
+    if value is None or value in ("auto", "none", "required"):
+        return value
+    if isinstance(value, dict):
+        function = value.get("function") if isinstance(value.get("function"), dict) else value
+        name = function.get("name")
+        if isinstance(name, str) and name:
+            if not tools:
+                raise FieldError("tool_choice", "names a function, but the request has no tools")
+            return name
+    raise FieldError("tool_choice", 'must be "auto", "none", "required" or {"type": "function", "function": {...}}')
 
 
 class StreamOptions(Wire):
@@ -450,6 +516,9 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
 class ChatCompletionRequest(OpenAIRequest):
     messages: list[OpenAIMessage]
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
 
@@ -467,6 +536,30 @@ class ChatCompletionRequest(OpenAIRequest):
     def logprob_count(self) -> int | None:
         """Alternatives wanted per token, or None when no log-probabilities are."""
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @model_validator(mode="after")
+    def _check_tool_choice(self) -> ChatCompletionRequest:
+        choice_of(self.tool_choice, self.tools)
+        return self
+
+    def choice(self) -> str | None:
+        """tool_choice as the generator takes it."""
+        return choice_of(self.tool_choice, self.tools)
+
+    def think(self) -> bool | None:
+        """reasoning_effort as Ollama's think: none turns thinking off, any effort on, absent leaves it to the model."""
+        return None if self.reasoning_effort is None else self.reasoning_effort != "none"
+
+    def internal_messages(self) -> list[dict[str, Any]]:
+        """The messages in the server's shape, tool results named after the calls they answer."""
+        names: dict[str, str] = {}
+        out = []
+        for message in self.messages:
+            for call in message.tool_calls or []:
+                if isinstance(call.get("id"), str):
+                    names[call["id"]] = call["function"]["name"]
+            out.append(message.internal(names))
+        return out
 
     @field_validator("messages")
     @classmethod

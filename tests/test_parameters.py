@@ -70,9 +70,15 @@ def test_every_issue_parameter_is_known() -> None:
     expected = (
         "num_ctx num_batch num_gpu main_gpu num_thread num_keep seed num_predict top_k top_p min_p typical_p "
         "repeat_last_n temperature repeat_penalty presence_penalty frequency_penalty stop use_mmap num_parallel "
-        "ignore_eos"
+        "ignore_eos tool_choice"
     ).split()
     assert sorted(PARAMETERS) == sorted(expected)
+
+
+def test_tool_choice_is_a_word() -> None:
+    assert coerce("tool_choice", " required ") == "required"
+    with pytest.raises(ParameterError, match="tool_choice takes a word of text"):
+        coerce("tool_choice", 3)
 
 
 def test_catalog_parameters_are_checked_with_the_same_table(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from app.runner.engine import Engine
-from app.runner.sampling import SamplingParams, check_grammar
+from app.runner.sampling import SamplingParams, check_grammar, trigger_patterns
 from app.runner.scoring import ScoreJob
 from app.runner.slot import Chunk, Request
 from app.runner.state import RunnerState
@@ -101,7 +101,8 @@ async def completion(state: RunnerState, http: HttpRequest) -> Response:
         tokens = _prompt_tokens(state, prompt)
         params = SamplingParams.from_json(body)
         if params.grammar:
-            check_grammar(state.model.vocab, params.grammar)
+            lazy = trigger_patterns(params.grammar_triggers) if params.grammar_lazy else None
+            check_grammar(state.model.vocab, params.grammar, lazy)
     except ValueError as e:
         return error(400, str(e))
     if not tokens or prompt == "":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import random
@@ -36,6 +37,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     grammar: str = ""  # GBNF; a json_schema is turned into one
     json_schema: Any = None
+    grammar_lazy: bool = False  # the grammar binds only once a trigger has appeared in the output
+    grammar_triggers: list[Any] = field(default_factory=list)  # [{type: word|pattern|pattern_full, value}]
     n_probs: int = 0  # > 0: each token's top n raw-logit logprobs (llama-server's completion_probabilities)
 
     @classmethod
@@ -65,7 +68,42 @@ class SamplingParams:
             raise ValueError(f"n_probs must be a whole number from 0 to {MAX_N_PROBS}")
         if params.json_schema is not None and not params.grammar:
             params.grammar = schema_grammar(params.json_schema)
+        if params.grammar_lazy:
+            trigger_patterns(params.grammar_triggers)  # checked now, used by the decode loop
         return params
+
+
+#: Most triggers one lazy grammar may have, and the longest one.
+MAX_TRIGGERS, MAX_TRIGGER_CHARS = 16, 256
+
+
+def trigger_patterns(triggers: Any) -> list[str]:
+    """llama-server's grammar triggers as the full-match regular expressions llama.cpp's lazy grammar takes.
+
+    A `word` switches the grammar on wherever it appears, `pattern` wherever the
+    regex matches, `pattern_full` when the whole output so far matches; the grammar
+    then applies from the first capture group (or the match) on.
+    """
+    if not isinstance(triggers, list) or not triggers or len(triggers) > MAX_TRIGGERS:
+        raise ValueError(f"grammar_triggers must be a list of 1 to {MAX_TRIGGERS} triggers for a lazy grammar")
+    anywhere, full = [], []
+    for t in triggers:
+        kind, value = (t.get("type"), t.get("value")) if isinstance(t, dict) else (None, None)
+        if not isinstance(value, str) or not value or len(value) > MAX_TRIGGER_CHARS:
+            raise ValueError(f"grammar_triggers: each value must be a string of 1 to {MAX_TRIGGER_CHARS} characters")
+        if kind != "word" and not _portable_regex(value):
+            raise ValueError(f"grammar_triggers: {value[:40]!r} is not a regular expression llama.cpp takes")
+        if kind == "word":
+            anywhere.append(re.escape(value))
+        elif kind == "pattern":
+            anywhere.append(value)
+        elif kind == "pattern_full":
+            full.append(value)
+        else:
+            raise ValueError("grammar_triggers: type must be word, pattern or pattern_full")
+    if anywhere:
+        full.append("^[\\s\\S]*?(" + "|".join(anywhere) + ")[\\s\\S]*")
+    return full
 
 
 def schema_grammar(schema: Any) -> str:
@@ -87,17 +125,33 @@ JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA
 _STRING_CHAR = re.compile(r'^(char ::= )\[\^"\\\\\] \| .*$', re.M)
 
 
-def grammar_sampler(vocab: llama.llama_vocab_p, grammar: str) -> llama.llama_sampler_p:
-    """llama.cpp's grammar sampler; ValueError when the GBNF does not parse."""
-    sampler = llama.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+def _portable_regex(value: str) -> bool:
+    """A regex both Python and llama.cpp's ECMAScript engine read the same way (no named groups, lookbehind...)."""
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return not re.search(r"\(\?(?![:=!])|\\[AZzGPpNQEK]", value)
+
+
+def grammar_sampler(vocab: llama.llama_vocab_p, grammar: str, lazy: list[str] | None = None) -> llama.llama_sampler_p:
+    """llama.cpp's grammar sampler, lazy when given trigger patterns; ValueError when the GBNF does not parse."""
+    if lazy:
+        patterns = (ctypes.c_char_p * len(lazy))(*[p.encode() for p in lazy])
+        no_tokens = (llama.llama_token * 1)()
+        sampler = llama.llama_sampler_init_grammar_lazy_patterns(
+            vocab, grammar.encode(), b"root", patterns, len(lazy), no_tokens, 0
+        )
+    else:
+        sampler = llama.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     if not sampler:
         raise ValueError("the grammar does not parse as GBNF with a `root` rule")
     return sampler
 
 
-def check_grammar(vocab: llama.llama_vocab_p, grammar: str) -> None:
+def check_grammar(vocab: llama.llama_vocab_p, grammar: str, lazy: list[str] | None = None) -> None:
     """Raise ValueError now, on the HTTP side, for a grammar the decode loop could not use."""
-    llama.llama_sampler_free(grammar_sampler(vocab, grammar))
+    llama.llama_sampler_free(grammar_sampler(vocab, grammar, lazy))
 
 
 class Sampler:
@@ -121,7 +175,8 @@ class Sampler:
         self.penalized = self.penalties is not None
         if params.grammar:  # before truncation, so a legal token always survives
             try:
-                add(grammar_sampler(vocab, params.grammar))
+                lazy = trigger_patterns(params.grammar_triggers) if params.grammar_lazy else None
+                add(grammar_sampler(vocab, params.grammar, lazy))
             except ValueError:
                 self.close()
                 raise

@@ -24,6 +24,8 @@ from app.server.scheduler import Loaded, LoadRequest, Scheduler
 from app.server.thinking import ThinkingSplitter, prompt_opens_thinking
 from app.store.names import ModelName
 from app.store.store import ModelDetails, Store
+from app.tools.calls import MAX_CALLS, CallParser, ToolCall, detect_format
+from app.tools.grammar import MAX_GRAMMAR_CALLS, tool_grammar
 
 
 @dataclass
@@ -38,6 +40,10 @@ class Resolved:
     @property
     def digest(self) -> str:
         return self.details.stored.digest
+
+    def call_format(self) -> str:
+        """How this model writes tool calls, from the template that renders its prompts."""
+        return detect_format(self.details.template or self.details.info.chat_template)
 
     def spec(self) -> PromptSpec:
         info = self.details.info
@@ -79,6 +85,8 @@ class Done:
     context: list[int] = field(default_factory=list)
     #: The runner's per-token entries not yet sent with a Piece (all of them, after `gather`).
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    #: Tool calls: none while streaming (they come in Pieces); after `gather`, every call of the reply.
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def figures(self) -> dict[str, int]:
         ns = lambda s: int(round(s * 1e9))  # noqa: E731
@@ -102,6 +110,7 @@ class Piece:
     content: str = ""
     thinking: str = ""
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # each call arrives whole, in one Piece
 
 
 @dataclass
@@ -114,8 +123,19 @@ class Call:
     think: bool | None = None
     json_schema: dict[str, Any] | None = None  # constrain the reply to JSON (Ollama's `format`)
     logprobs: int | None = None  # per-token log-probabilities with this many alternatives; None: none
+    tools: list[dict[str, Any]] | None = None  # function tools offered to the model ({type, function: {...}})
+    tool_choice: str | None = None  # "auto" (None), "none", "required", or the one function's name
+    parallel_calls: bool = True  # more than one call in a reply (OpenAI's parallel_tool_calls)
     started: float = field(default_factory=time.perf_counter)
     acquired: float | None = None  # when the scheduler handed over a loaded runner
+
+
+def check_capabilities(call: Call, *, images: bool = False) -> None:
+    """Unsupported (a 400 on every API) when the request needs tools, thinking or images the model lacks."""
+    from app.tools.capabilities import require
+
+    tools = bool(call.tools) and (call.tool_choice or call.options.get("tool_choice")) != "none"
+    require(call.model.name, call.model.details, tools=tools, thinking=bool(call.think), images=images)
 
 
 class Generator:
@@ -147,14 +167,27 @@ class Generator:
     async def chat(
         self, call: Call, messages: list[dict[str, Any]], tools: list[Any] | None = None
     ) -> AsyncIterator[Piece | Done]:
+        """A chat reply; with `call.tools` (or `tools`) the model may answer with tool calls (see app/tools)."""
+        if tools is not None:
+            call.tools = tools
+        choice = call.tool_choice or merged(call.model.details.parameters, call.options).get("tool_choice") or "auto"
+        offered = call.tools if call.tools and choice != "none" else None
+        grammar = None
+        if offered and call.json_schema is None:
+            most = MAX_GRAMMAR_CALLS if call.parallel_calls else 1
+            grammar = await asyncio.to_thread(tool_grammar, offered, call.model.call_format(), choice, most)
         loaded = await self._acquire(call)
         try:
             count = _token_counter(loaded)
             rendered = await asyncio.to_thread(
                 render_chat, call.model.spec(), messages, count_tokens=count, num_ctx=loaded.context_length,
-                tools=tools, think=call.think,
+                tools=offered, think=call.think,
             )  # fmt: skip
-            async for item in self._complete(loaded, call, rendered.prompt, rendered.thinking_started):
+            parser = CallParser(call.model.call_format()) if offered else None
+            most = MAX_CALLS if call.parallel_calls else 1
+            extra = grammar.fields() if grammar else {}
+            reply = _Reply(None, parser, most=most)
+            async for item in self._complete(loaded, call, rendered.prompt, rendered.thinking_started, reply, extra):
                 yield item
         finally:
             self.scheduler.release(loaded)
@@ -269,34 +302,35 @@ class Generator:
             self.scheduler.release(loaded)
 
     async def _complete(
-        self, loaded: Loaded, call: Call, prompt: str | list[int], thinking_started: bool
+        self,
+        loaded: Loaded,
+        call: Call,
+        prompt: str | list[int],
+        thinking_started: bool,
+        reply: _Reply | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> AsyncIterator[Piece | Done]:
         options = merged(call.model.details.parameters, call.options)
-        body = {"prompt": prompt, "cache_prompt": True, **sampling_fields(options)}
+        body = {"prompt": prompt, "cache_prompt": True, **sampling_fields(options), **(extra or {})}
         if call.json_schema is not None:
             body["json_schema"] = call.json_schema
         if call.logprobs is not None:
             body["n_probs"] = max(1, call.logprobs)  # 0 alternatives still needs the chosen token's logprob
-        splitter = ThinkingSplitter(started=thinking_started) if call.think is not False else None
+        reply = reply or _Reply(None, None)
+        reply.splitter = ThinkingSplitter(started=thinking_started) if call.think is not False else None
         tokens: list[int] = []
-        pending: list[dict[str, Any]] = []  # entries whose text the splitter still holds
         try:
             async for chunk in loaded.runner.complete(body):
                 tokens += chunk.get("tokens") or []
                 if call.logprobs is not None:
-                    pending += [_trimmed(e, call.logprobs) for e in chunk.get("completion_probabilities") or []]
+                    reply.pending += [_trimmed(e, call.logprobs) for e in chunk.get("completion_probabilities") or []]
                 text = chunk.get("content", "")
-                if text:
-                    thinking, content = splitter.feed(text) if splitter else ("", text)
-                    if thinking or content:
-                        yield Piece(content, thinking, pending)
-                        pending = []
+                if text and (piece := reply.feed(text)):
+                    yield piece
                 if chunk.get("stop"):
-                    if splitter:
-                        thinking, content = splitter.flush()
-                        if thinking or content:
-                            yield Piece(content, thinking, pending)
-                            pending = []
+                    if piece := reply.flush():
+                        yield piece
+                    pending = reply.pending
                     done = self._done(loaded, call, chunk, tokens)
                     done.logprobs = pending
                     yield done
@@ -325,6 +359,41 @@ class Generator:
         return max(0.0, (call.acquired or call.started) - call.started)
 
 
+@dataclass
+class _Reply:
+    """Streamed text split into thinking, content and tool calls, each Piece carrying the entries it came from."""
+
+    splitter: ThinkingSplitter | None
+    parser: CallParser | None
+    pending: list[dict[str, Any]] = field(default_factory=list)  # entries whose text is still held
+    taken: int = 0  # calls of the parser already looked at
+    most: int = MAX_CALLS  # calls kept; later ones are dropped
+    sent: list[ToolCall] = field(default_factory=list)
+
+    def feed(self, text: str) -> Piece | None:
+        thinking, content = self.splitter.feed(text) if self.splitter else ("", text)
+        return self._piece(thinking, self.parser.feed(content) if self.parser and content else content)
+
+    def flush(self) -> Piece | None:
+        thinking, content = self.splitter.flush() if self.splitter else ("", "")
+        if self.parser:
+            content = (self.parser.feed(content) if content else "") + self.parser.flush()
+        return self._piece(thinking, content)
+
+    def _piece(self, thinking: str, content: str) -> Piece | None:
+        calls = []
+        for call in self.parser.calls[self.taken :] if self.parser else []:
+            if call not in self.sent and len(self.sent) < self.most:  # a call repeated word for word runs once
+                calls.append(call)
+                self.sent.append(call)
+        self.taken = len(self.parser.calls) if self.parser else 0
+        if not (thinking or content or calls):
+            return None
+        piece = Piece(content, thinking, self.pending, calls)
+        self.pending = []
+        return piece
+
+
 def _trimmed(entry: dict[str, Any], top: int) -> dict[str, Any]:
     """A runner entry with at most `top` alternatives (the runner sends at least one)."""
     return {**entry, "top_logprobs": list(entry.get("top_logprobs") or [])[:top]}
@@ -351,14 +420,16 @@ def _token_counter(loaded: Loaded) -> Any:
 
 async def gather(items: AsyncIterator[Piece | Done]) -> tuple[str, str, Done]:
     """A whole reply: its content, its thinking and its Done (with every token's logprobs), for non-streamed answers."""
-    text, thinking, logprobs = [], [], []
+    text, thinking, logprobs, calls = [], [], [], []
     async for item in items:
         if isinstance(item, Done):
             item.logprobs = logprobs + item.logprobs
+            item.tool_calls = calls + item.tool_calls
             return "".join(text), "".join(thinking), item
         text.append(item.content)
         thinking.append(item.thinking)
         logprobs += item.logprobs
+        calls += item.tool_calls
     raise RuntimeError("the reply ended without its final chunk")
 
 

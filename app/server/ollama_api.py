@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,7 +29,7 @@ from app.api import (
     clip,
 )
 from app.errors import ModelNotFound, QuantizeError
-from app.server.generate import Call, Done, Piece, gather, renormalized, resolve
+from app.server.generate import Call, Done, Piece, check_capabilities, gather, renormalized, resolve
 from app.server.http import BadRequest, guarded, ndjson, now_rfc3339, parsed, primed, unless_disconnected
 from app.server.state import OLLAMA_API_VERSION, ServerState
 from app.store.blobs import digest_hex
@@ -39,6 +40,8 @@ from app.store.progress import ProgressEvent
 from app.store.pull import pull
 from app.store.quantize import UNQUANTIZED
 from app.store.store import ModelDetails
+from app.tools.calls import ToolCall
+from app.tools.capabilities import capabilities
 
 _FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)
 
@@ -145,16 +148,13 @@ async def show(state: ServerState, request: Request) -> Response:
         for k, vs in details.parameters.items()
         for v in (vs if isinstance(vs, list) else [vs])
     )
-    capabilities = ["completion"]
-    if model.spec().template is None and info.chat_template and "<think>" in info.chat_template:
-        capabilities.append("thinking")
     out = {
         "modelfile": modelfile_text(state.store, ModelName.parse(model.name)),
         "parameters": params,
         "template": details.template or info.chat_template or "",
         "details": _details(details),
         "model_info": {k: v for k, v in model_info.items() if v is not None},
-        "capabilities": capabilities,
+        "capabilities": capabilities(details),
         "modified_at": _time(details.stored.modified),
     }
     if details.license:
@@ -263,6 +263,7 @@ def _with_logprobs(chunk: dict[str, Any], piece: Piece) -> dict[str, Any]:
 async def generate(state: ServerState, request: Request) -> Response:
     body = await parsed(request, GenerateRequest)
     call = _call(state, body)
+    check_capabilities(call, images=bool(body.images))
     prompt = body.prompt or ""
     head = lambda: {"model": call.model.name, "created_at": now_rfc3339()}  # noqa: E731
     if not prompt and not body.suffix:
@@ -298,7 +299,10 @@ async def chat(state: ServerState, request: Request) -> Response:
     if not messages:
         done = await state.generator.load_only(call)
         return JSONResponse({**head(), "message": {"role": "assistant", "content": ""}, **_final(done)})
-    items = state.generator.chat(call, messages, body.tools)
+    call.tools = body.tools or None
+    check_capabilities(call, images=any(m.get("images") for m in messages))
+    items = state.generator.chat(call, messages)
+    numbered = _CallIds()
 
     def shape(item: Piece | Done) -> dict[str, Any]:
         if isinstance(item, Done):
@@ -306,6 +310,8 @@ async def chat(state: ServerState, request: Request) -> Response:
         message = {"role": "assistant", "content": item.content}
         if item.thinking:
             message["thinking"] = item.thinking
+        if item.tool_calls:
+            message["tool_calls"] = numbered(item.tool_calls)
         return _with_logprobs({**head(), "message": message, "done": False}, item)
 
     if body.stream:
@@ -314,7 +320,24 @@ async def chat(state: ServerState, request: Request) -> Response:
     message = {"role": "assistant", "content": text}
     if thinking:
         message["thinking"] = thinking
+    if done.tool_calls:
+        message["tool_calls"] = numbered(done.tool_calls)
     return JSONResponse({**head(), "message": message, **_final(done)})
+
+
+class _CallIds:
+    """Ollama's tool_calls entries, numbered across the reply: {id, function: {index, name, arguments}}."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        out = []
+        for call in calls:
+            function = {"index": self.count, "name": call.name, "arguments": call.arguments}
+            out.append({"id": f"call_{uuid.uuid4().hex[:8]}", "function": function})
+            self.count += 1
+        return out
 
 
 async def _mapped(items: AsyncIterator[Any], shape: Callable[[Any], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

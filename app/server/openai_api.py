@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import uuid
@@ -23,9 +24,10 @@ from app.api import (
     response_schema,
 )
 from app.errors import ModelNotFound
-from app.server.generate import Call, Done, Piece, gather, renormalized, resolve
+from app.server.generate import Call, Done, Piece, check_capabilities, gather, renormalized, resolve
 from app.server.http import guarded, parsed, primed, sse, unless_disconnected
 from app.server.state import ServerState
+from app.tools.calls import ToolCall
 
 _FINISH = {"stop": "stop", "length": "length"}
 
@@ -82,8 +84,11 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
     body = await parsed(request, ChatCompletionRequest)
     call = _call(state, body)
     call.logprobs = body.logprob_count()
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
-    items = state.generator.chat(call, messages, body.tools)
+    call.tools, call.tool_choice, call.think = body.tools or None, body.choice(), body.think()
+    call.parallel_calls = body.parallel_tool_calls
+    messages = body.internal_messages()
+    check_capabilities(call, images=any(m.get("images") for m in messages))
+    items = state.generator.chat(call, messages)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": call.model.name}
     head["system_fingerprint"] = "fp_loam"
     if body.stream:
@@ -91,14 +96,28 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
     text, reasoning, done = await unless_disconnected(request, gather(items))
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if reasoning:
-        message["reasoning"] = reasoning
+        message["reasoning_content"] = reasoning
+    if done.tool_calls:
+        message["tool_calls"] = openai_calls(done.tool_calls)
+        message["content"] = text or None
     choice = {
         "index": 0,
         "message": message,
-        "finish_reason": _FINISH.get(done.reason, "stop"),
+        "finish_reason": "tool_calls" if done.tool_calls else _FINISH.get(done.reason, "stop"),
         "logprobs": _chat_logprobs(call, done.logprobs),
     }
     return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": _usage(done)})
+
+
+def openai_calls(calls: list[ToolCall], first: int = 0, indexed: bool = False) -> list[dict[str, Any]]:
+    """Tool calls in OpenAI's shape: an id, type function, arguments as JSON text (and an index in stream deltas)."""
+    out = []
+    for i, call in enumerate(calls, first):
+        entry: dict[str, Any] = {"index": i} if indexed else {}
+        entry |= {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
+        entry["function"] = {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}
+        out.append(entry)
+    return out
 
 
 def _token(entry: dict[str, Any]) -> dict[str, Any]:
@@ -122,9 +141,10 @@ async def _chat_chunks(
 ) -> AsyncIterator[dict[str, Any]]:
     chunk = {**head, "object": "chat.completion.chunk"}
     first = True
+    calls = 0
     async for item in items:
         if isinstance(item, Done):
-            finish = _FINISH.get(item.reason, "stop")
+            finish = "tool_calls" if calls else _FINISH.get(item.reason, "stop")
             logprobs = _chat_logprobs(call, item.logprobs) if item.logprobs else None
             yield {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish, "logprobs": logprobs}]}
             if include_usage:
@@ -135,7 +155,10 @@ async def _chat_chunks(
         if item.content:
             delta["content"] = item.content
         if item.thinking:
-            delta["reasoning"] = item.thinking
+            delta["reasoning_content"] = item.thinking
+        if item.tool_calls:
+            delta["tool_calls"] = openai_calls(item.tool_calls, first=calls, indexed=True)
+            calls += len(item.tool_calls)
         logprobs = _chat_logprobs(call, item.logprobs)
         yield {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": logprobs}]}
 

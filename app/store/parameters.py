@@ -45,6 +45,7 @@ PARAMETERS: dict[str, Spec] = {
     "stop": Spec(list, None, None, "text that ends generation; repeat for several"),
     "use_mmap": Spec(bool, None, None, "map the model file instead of reading it into memory"),
     "ignore_eos": Spec(bool, None, None, "keep generating past end-of-sequence tokens (for benchmarks)"),
+    "tool_choice": Spec(str, None, None, "auto, none, required, or a tool's name: whether the reply must call a tool"),
 }
 
 #: Parameters Ollama once accepted and now ignores with a warning; loam does the same.
@@ -88,6 +89,10 @@ def coerce(name: str, value: Any) -> Any:
         return list(items)
     if spec.kind is bool:
         return _bool(name, value)
+    if spec.kind is str:
+        if not isinstance(value, str) or not value.strip() or len(value) > 256:
+            raise ParameterError(f"{name} takes a word of text, got {value!r}")
+        return value.strip()
     number = _int(name, value) if spec.kind is int else _float(name, value)
     _check_range(name, number, spec)
     return number
