@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
@@ -28,19 +27,19 @@ from app import config
 from app.ask import default_model
 from app.client import AsyncClient, ServerError, ensure_server
 from app.errors import LoamError
-from app.stats import LiveRate, Stats
+from app.stats import Stats
+from app.tools.calls import ToolCall
+from app.tools.loop import Decision, StopTurn, Toolbox, run_turn
 from app.tui import keys, slash
 from app.tui.chat import ChatLog, MessageView, PromptInput, StatsPanel, code_blocks
-from app.tui.history import History, Session, export_markdown
+from app.tui.history import History, Message, Session, export_markdown, pending_calls
 from app.tui.screens import ConfirmScreen, InfoScreen, ModelPicker, PullScreen, SettingsScreen
 from app.tui.sessions import SessionsScreen
 from app.tui.themes import DEFAULT_THEME, discover, save_theme, saved_theme
-
-#: Streamed text is drawn at most this often: Markdown renders cost CPU that the model's decode needs.
-REDRAW_SECONDS = 0.2
+from app.tui.tools import ChatEvents, ChatTools, ToolCallView, ToolConfirmScreen
 
 KEY_HELP = """Keys: Enter sends · Shift+Enter or Ctrl+J adds a line · Up/Down recall earlier prompts ·
-Esc stops an answer · Ctrl+N new chat · Ctrl+O chats · Ctrl+L models · F2 model info ·
+Esc stops an answer (and its tool calls) · Ctrl+N new chat · Ctrl+O chats · Ctrl+L models · F2 model info ·
 F3 settings · F4 stats · F5 pull · Ctrl+Y copy answer · Ctrl+K copy code · Ctrl+E export ·
 Ctrl+P command palette · Ctrl+Q quit"""
 
@@ -75,12 +74,14 @@ class LoamApp(App[None]):
         self.history: History | None = None
         self.session: Session | None = None
         self.model = ""
-        self.conversation: list[dict[str, str]] = []
+        self.conversation: list[dict[str, Any]] = []
         self.answering = False
         self.pygments_style = "monokai"
         self.loam_themes, self.theme_warnings = discover()
         self.user_config = config.load_config()
         self.server_state = "starting"
+        self.chat_tools = ChatTools()
+        self.turn_tools = Toolbox()
 
     # -- layout and start ----------------------------------------------------
 
@@ -142,10 +143,10 @@ class LoamApp(App[None]):
         assert self.history is not None
         messages = await asyncio.to_thread(self.history.messages, session.id)
         self.session, self.model = session, session.model
-        self.conversation = [{"role": m.role, "content": m.content} for m in messages]
+        self.conversation = [m.chat_message() for m in messages]
         log = self.query_one(ChatLog)
         await log.remove_children()
-        views = [self._view(m.role, m.content, m.stats) for m in messages]
+        views = self._views(messages)
         if views:
             await log.mount_all(views)
         else:
@@ -165,9 +166,22 @@ class LoamApp(App[None]):
             out += [m.content for m in self.history.messages(session.id) if m.role == "user"]
         return out[-200:]
 
-    def _view(self, role: str, content: str, stats: dict[str, Any] | None = None) -> MessageView:
+    def message_view(self, role: str, content: str, stats: dict[str, Any] | None = None) -> MessageView:
         author = {"user": "You", "assistant": self.model, "system": "System"}.get(role, role)
         return MessageView(role, author, content, stats)
+
+    def _views(self, messages: list[Message]) -> list[MessageView | ToolCallView]:
+        """A stored chat's widgets: its messages, and a block for each tool call with its result."""
+        calls = {id(result): call for result, call in pending_calls(messages)}
+        views: list[MessageView | ToolCallView] = []
+        for m in messages:
+            if m.role == "tool":
+                call = calls.get(id(m)) or {}
+                arguments = (call.get("function") or {}).get("arguments") or {}
+                views.append(ToolCallView(m.tool_name or "tool", arguments, m.content, m.content.startswith("Error:")))
+            elif m.content or not m.tool_calls:
+                views.append(self.message_view(m.role, m.content, m.stats))
+        return views
 
     def update_bar(self) -> None:
         if not self.is_running:
@@ -220,74 +234,58 @@ class LoamApp(App[None]):
         log = self.query_one(ChatLog)
         for empty in log.query(".empty"):
             await empty.remove()
-        await log.mount(self._view("user", text))
+        await log.mount(self.message_view("user", text))
         self.conversation.append({"role": "user", "content": text})
-        reply = self._view("assistant", "")
+        events = ChatEvents(self, session.id)
         try:
             await asyncio.to_thread(history.add_message, session.id, "user", text)
             self.session = await asyncio.to_thread(history.get, session.id)  # the first message titles it
             self.update_bar()
-            await log.mount(reply)
-            log.anchor()
-            final = await self._stream_into(reply)
-        except asyncio.CancelledError:
-            self.query_one(StatsPanel).end_live()
-            await reply.finish(stopped=True)
-            await self._keep_answer(session.id, reply.content, None)
-            raise
-        except (LoamError, httpx.HTTPError, sqlite3.Error) as e:
-            self.query_one(StatsPanel).end_live()
-            await reply.remove()
-            await self.post_note(str(e) or type(e).__name__, "error")
-            return
-        stats = Stats.from_response(final) if final else None
-        await reply.finish(stats.to_dict() if stats else None)
-        if stats:
-            self.query_one(StatsPanel).show_answer(stats)
-        await self._keep_answer(session.id, reply.content, stats.to_dict() if stats else None)
-
-    async def _keep_answer(self, session_id: int, content: str, stats: dict[str, Any] | None) -> None:
-        if session_id == (self.session.id if self.session else None):
-            self.conversation.append({"role": "assistant", "content": content})
-        if self.history is not None and content:
             try:
-                await asyncio.to_thread(self.history.add_message, session_id, "assistant", content, stats)
-            except (LoamError, sqlite3.Error) as e:
-                self.notify(f"the answer was not saved: {e}", severity="error")
+                await self._turn(events)
+            except ServerError as e:
+                if e.status != 404 or events.stored:
+                    raise
+                await events.failed()
+                await self._pull_inline(self.model)
+                await self._turn(events)
+        except asyncio.CancelledError:
+            await events.stopped()
+            raise
+        except StopTurn:
+            await events.stopped()
+        except (LoamError, httpx.HTTPError, sqlite3.Error) as e:
+            await events.failed()
+            await self.post_note(str(e) or type(e).__name__, "error")
 
-    async def _stream_into(self, reply: MessageView) -> dict[str, Any] | None:
-        """Copy the server's chunks into `reply`; a missing model is pulled first, with its progress shown."""
-        try:
-            return await self._chunks_into(reply)
-        except ServerError as e:
-            if e.status != 404:
-                raise
-        await self._pull_inline(self.model)
-        return await self._chunks_into(reply)
-
-    async def _chunks_into(self, reply: MessageView) -> dict[str, Any] | None:
+    async def _turn(self, events: ChatEvents) -> None:
+        """One answer, with the calls of this chat's tools that the model makes and the user allows."""
         assert self.client is not None and self.session is not None
-        messages = ([{"role": "system", "content": self.session.system}] if self.session.system else []) + list(
-            self.conversation
-        )
-        live, panel, final = LiveRate(), self.query_one(StatsPanel), None
-        pending: list[str] = []
-        flushed = time.monotonic()
-        async for chunk in self.client.chat(self.model, messages, options=self.session.options):
-            text = (chunk.get("message") or {}).get("content") or ""
-            if text:
-                live.piece()
-                pending.append(text)
-            if chunk.get("done"):
-                final = chunk
-            if pending and (final or time.monotonic() - flushed >= REDRAW_SECONDS):
-                await reply.append("".join(pending))
-                pending.clear()
-                panel.show_live(live.rate, live.pieces + 1)
-                flushed = time.monotonic()
-        if pending:
-            await reply.append("".join(pending))
-        return final
+        session = self.session
+        box = await self.chat_tools.toolbox(self, session.id, self.model, session.tools)
+        messages = ([{"role": "system", "content": session.system}] if session.system else []) + list(self.conversation)
+        allowed = self.chat_tools.allowed.setdefault(session.id, set())
+        self.turn_tools = box
+        outcome = await run_turn(
+            self.client, self.model, messages, box, self.confirm_tool, allowed=allowed, events=events,
+            options=session.options,
+        )  # fmt: skip
+        if outcome.hit_limit:
+            await self.post_note(f"stopped after {outcome.steps} tool steps; ask again to go on", "error")
+
+    async def confirm_tool(self, call: ToolCall) -> Decision:
+        """Ask whether a call may run; Esc at the question stops the answer."""
+        tool = self.turn_tools.tools.get(call.name)
+        screen = ToolConfirmScreen(call, tool.source if tool else "loam")
+        try:
+            choice = await self.push_screen_wait(screen)
+        except asyncio.CancelledError:  # the answer was stopped another way: the question goes with it
+            if screen.is_active:
+                screen.dismiss("stop")
+            raise
+        if choice not in ("once", "chat", "deny"):
+            raise StopTurn("stopped")
+        return choice  # type: ignore[return-value]
 
     async def _pull_inline(self, name: str) -> None:
         assert self.client is not None
@@ -468,6 +466,7 @@ class LoamApp(App[None]):
             self.call_from_thread(self.notify, f"the theme was not saved: {e}", severity="error")
 
     async def on_unmount(self) -> None:
+        await self.chat_tools.close()
         if self.client is not None:
             await self.client.aclose()
         if self.history is not None:

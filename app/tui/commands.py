@@ -84,7 +84,11 @@ async def _(command: slash.Save, app: LoamApp) -> None:
         "from": app.model,
         "system": app.session.system or None,
         "parameters": dict(app.session.options),
-        "messages": list(app.conversation),
+        "messages": [  # a model keeps the words of the chat; tool calls and results stay in the chat
+            {"role": m["role"], "content": m["content"]}
+            for m in app.conversation
+            if m["role"] != "tool" and m["content"]
+        ],
     }
     async for _ in app.client.create({k: v for k, v in body.items() if v not in (None, {})}):
         pass
@@ -97,8 +101,16 @@ async def _(command: slash.Clear, app: LoamApp) -> None:
     await app.stop_answer()
     await asyncio.to_thread(history.clear, session.id)
     app.conversation.clear()
+    app.chat_tools.allowed.pop(session.id, None)
     await app.query_one(ChatLog).remove_children()
     await app.post_note("Cleared session context")
+
+
+@_execute.register(slash.Tools)
+async def _(command: slash.Tools, app: LoamApp) -> None:
+    from app.tui.tools import tools_command
+
+    await tools_command(app, command.action, command.name)
 
 
 @_execute.register(slash.Bye)

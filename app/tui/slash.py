@@ -92,7 +92,17 @@ class Help:
     topic: str = ""
 
 
-Command: TypeAlias = SetParameter | UnsetParameter | SetSystem | SetVerbose | Show | Load | Save | Clear | Bye | Help
+@dataclass(frozen=True)
+class Tools:
+    """List this chat's tools (action ""), or turn one on or off ("on"/"off" with the tool or MCP server's name)."""
+
+    action: str = ""
+    name: str = ""
+
+
+Command: TypeAlias = (
+    SetParameter | UnsetParameter | SetSystem | SetVerbose | Show | Load | Save | Clear | Bye | Help | Tools
+)
 
 SET_SUBCOMMANDS = ("parameter", "system", "verbose", "quiet")
 UNSET_SUBCOMMANDS = ("parameter", "system")
@@ -107,6 +117,7 @@ Available commands:
   /load MODEL     Load a model or a saved session
   /save NAME      Save the current session as a model
   /clear          Clear the conversation
+  /tools          List the tools; /tools on NAME, /tools off NAME for this chat
   /bye, /exit     Leave the chat
   /?, /help       Help for a command: /help set, /help show, /help shortcuts
 
@@ -180,17 +191,18 @@ def _split(text: str, command: str) -> list[str]:
         ) from None
 
 
-def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+def _suggest(word: str, choices: tuple[str, ...] | list[str], cutoff: float = 0.6) -> str:
     """A "(did you mean X?)" hint for a near miss, case ignored; "" when nothing is close."""
     lowered = {choice.lower(): choice for choice in choices}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1)
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=cutoff)
     return f" (did you mean {lowered[close[0]]}?)" if close else ""
 
 
 def _unknown_command(word: str) -> str:
     if word == "/":
         return "empty command; type /help for the list"
-    return f"unknown command {word!r}{_suggest(word, list(_HANDLERS))}; type /help for the list"
+    # Command words are short, so a closer match is asked for: "/foo" is not a near miss of "/tools".
+    return f"unknown command {word!r}{_suggest(word, list(_HANDLERS), cutoff=0.7)}; type /help for the list"
 
 
 def _unknown_choice(command: str, given: str, choices: tuple[str, ...]) -> str:
@@ -289,6 +301,17 @@ def _parse_help(rest: str) -> Command:
     return Help(topic)
 
 
+def _parse_tools(rest: str) -> Command:
+    words = _split(rest, "/tools")
+    if not words:
+        return Tools()
+    if words[0] not in ("on", "off"):
+        raise SlashError(_unknown_choice("/tools", words[0], ("on", "off")))
+    if len(words) != 2:
+        raise SlashError(f"usage: /tools {words[0]} NAME (/tools lists the names)")
+    return Tools(words[0], words[1])
+
+
 def _no_more(command: str, args: str) -> None:
     if args.strip():
         raise SlashError(f"{command} takes no further arguments, got {args.strip()!r}")
@@ -311,6 +334,7 @@ _HANDLERS: dict[str, Callable[[str], Command]] = {
     "/load": lambda rest: Load(_model_argument("/load", rest, "MODEL")),
     "/save": lambda rest: Save(_model_argument("/save", rest, "NAME")),
     "/clear": _bare("/clear", Clear()),
+    "/tools": _parse_tools,
     "/bye": _bare("/bye", Bye()),
     "/exit": _bare("/exit", Bye()),
     "/help": _parse_help,
