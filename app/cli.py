@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _answer_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tools", metavar="NAME,...", help="built-in tools the model may call: current_time, read_file (see docs)"
+    )
+    p.add_argument(
+        "--mcp", action="append", default=[], metavar="NAME", help="offer the tools of config.toml's [mcp.NAME] server"
+    )
+    p.add_argument("--yes", action="store_true", help="run every tool call without asking (needed without a terminal)")
     p.add_argument("--system", "-s", metavar="TEXT", help="a system prompt for this question")
     p.add_argument("--verbose", action="store_true", help="print the timing figures on stderr after the answer")
     p.add_argument("--format", metavar="json", help="constrain the answer to JSON: json, or a JSON schema")
@@ -204,8 +211,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace, model: str) -> int:
-    from app.ask import Question, answer, combined_prompt, parse_options
+    from app.ask import Question, answer, check_tools, combined_prompt, parse_options, parse_tools
 
+    tools = Question("", model, tools=parse_tools(args.tools), mcp=list(dict.fromkeys(args.mcp)), yes=args.yes)
+    check_tools(tools, sys.stdin, sys.stderr)
     question = Question(
         prompt=combined_prompt(" ".join(args.prompt), sys.stdin),
         model=model,
@@ -215,6 +224,9 @@ def _ask(args: argparse.Namespace, model: str) -> int:
         stream=not args.no_stream,
         verbose=args.verbose,
         options=parse_options(args.option),
+        tools=tools.tools,
+        mcp=tools.mcp,
+        yes=args.yes,
     )
     return answer(question)
 

@@ -197,17 +197,21 @@ async def run_turn(
     """Answer the conversation in `messages` (appended to as the turn goes), running the calls the model makes.
 
     `allowed` holds the tools the user allowed for the whole chat; "chat" answers add to it.
-    `chat` passes on to /api/chat (options, keep_alive, think).
+    `chat` passes on to /api/chat (options, keep_alive, think). An option tool_choice that forces
+    a call (required, or a tool's name) holds for the first request only, or every step would call again.
     """
     events = events or TurnEvents()
     allowed = allowed if allowed is not None else set()
     specs = toolbox.specs() or None
+    options = dict(chat.pop("options", None) or {})
     step = 0
     while True:
         step += 1
         await events.step_started(step)
         text, thinking, final, calls = [], [], None, []
-        async for chunk in client.chat(model, messages, tools=specs, **chat):
+        if step == 2 and options.get("tool_choice") not in (None, "auto", "none"):
+            options.pop("tool_choice")  # a forced call is the first step's; then the model may answer
+        async for chunk in client.chat(model, messages, tools=specs, options=options or None, **chat):
             message = chunk.get("message") or {}
             text.append(message.get("content") or "")
             thinking.append(message.get("thinking") or "")
