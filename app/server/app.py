@@ -21,7 +21,7 @@ from app import config
 from app.durations import parse_keep_alive
 from app.errors import ConfigError
 from app.hardware import detect, llama_backends
-from app.server import ollama_api, openai_api
+from app.server import anthropic_api, ollama_api, openai_api, responses_api
 from app.server.generate import Generator
 from app.server.guard import Guard
 from app.server.guard import settings_from_env as guard_settings
@@ -74,7 +74,13 @@ def build_app(state: ServerState, bind_host: str = "127.0.0.1") -> Guard:
         yield
         await state.scheduler.shutdown()
 
-    app = Starlette(routes=ollama_api.routes(state) + openai_api.routes(state), lifespan=lifespan)
+    app = Starlette(
+        routes=ollama_api.routes(state)
+        + openai_api.routes(state)
+        + responses_api.routes(state)
+        + anthropic_api.routes(state),
+        lifespan=lifespan,
+    )
     return Guard(app, guard_settings(bind_host))
 
 

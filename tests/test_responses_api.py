@@ -1,0 +1,153 @@
+"""OpenAI's Responses API on `loam serve`, through the official openai SDK: text, streams, function calls, errors.
+
+SmolLM2 answers greedily here, so a streamed reply must spell the same text as
+the whole one; the tools model (a Hermes-style template) must call the function
+when tool_choice requires it, with arguments that satisfy the tool's schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.server_process import ServerProcess, clone_store
+
+SMOL = "smollm2:135m"
+TOOLS_MODEL = "smollm2:135m-tools"
+QUESTION = "What is the capital of France?"
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "the city's name"}},
+        "required": ["city"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tools_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("responses")
+    with ServerProcess(clone_store(tools_store, root / "models"), root / "home") as s:
+        yield s
+
+
+@pytest.fixture
+def oa(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+
+def greedy(**extra: Any) -> dict[str, Any]:
+    return {"model": SMOL, "temperature": 0, "max_output_tokens": 16, **extra}
+
+
+def test_text_answer_whole_and_streamed(oa: openai.OpenAI) -> None:
+    whole = oa.responses.create(input=QUESTION, instructions="Answer in one short sentence.", **greedy())
+    assert whole.id.startswith("resp_") and whole.object == "response" and whole.model == SMOL
+    assert [item.type for item in whole.output] == ["message"]
+    text = whole.output_text
+    assert text.strip()
+    usage = whole.usage
+    assert usage is not None and usage.input_tokens > 0 and usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    # the status says whether max_output_tokens cut the answer
+    assert (whole.status == "incomplete") == (usage.output_tokens == 16)
+    if whole.status == "incomplete":
+        assert whole.incomplete_details is not None and whole.incomplete_details.reason == "max_output_tokens"
+
+    events = list(
+        oa.responses.create(input=QUESTION, instructions="Answer in one short sentence.", stream=True, **greedy())
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed" if whole.status == "completed" else "response.incomplete",
+    ]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == text
+    final = events[-1].response
+    assert final.output_text == text and final.id == events[0].response.id
+    assert final.usage is not None and final.usage.output_tokens == usage.output_tokens
+
+    # the SDK's own accumulating stream helper agrees
+    with oa.responses.stream(
+        input=[{"role": "user", "content": QUESTION}], instructions="Answer in one short sentence.", **greedy()
+    ) as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        assert stream.get_final_response().output_text == deltas == text
+
+
+def test_function_call_and_its_output(oa: openai.OpenAI) -> None:
+    question = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+    ask: dict[str, Any] = {"model": TOOLS_MODEL, "tools": [WEATHER], "temperature": 0, "max_output_tokens": 64}
+    first = oa.responses.create(input=question, tool_choice="required", parallel_tool_calls=False, **ask)
+    assert first.status == "completed"
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1, first.output
+    call = calls[0]
+    assert call.name == "get_weather" and call.call_id and call.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])
+
+    # the stateless round trip: the whole conversation, the call, and what the function answered
+    history = question + [item.model_dump(exclude_none=True) for item in first.output]
+    history.append({"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees and sunny"})
+    second = oa.responses.create(input=history, tool_choice="none", **ask)
+    assert [item.type for item in second.output] == ["message"]
+    assert second.output_text.strip()
+
+    # streamed, the call arrives as one function call item with its arguments
+    with oa.responses.stream(input=question, tool_choice="required", parallel_tool_calls=False, **ask) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and json.loads(done[0].arguments) == json.loads(call.arguments)
+    assert [(c.type, c.name) for c in final.output] == [("function_call", "get_weather")]
+    assert json.loads(final.output[0].arguments) == json.loads(call.arguments)
+
+
+def test_errors_in_openai_shape(oa: openai.OpenAI, server: ServerProcess) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        oa.responses.create(model="no-such-model", input="hi")
+    assert missing.value.type == "not_found_error" and "no-such-model" in missing.value.message
+
+    with pytest.raises(openai.BadRequestError) as stateful:
+        oa.responses.create(model=SMOL, input="hi", previous_response_id="resp_123")
+    assert "keeps no state" in stateful.value.message and "whole conversation" in stateful.value.message
+
+    with pytest.raises(openai.BadRequestError) as no_tools:
+        oa.responses.create(model=SMOL, input="hi", tools=[WEATHER])
+    assert "does not support tools" in no_tools.value.message
+
+    with pytest.raises(openai.BadRequestError) as no_thinking:
+        oa.responses.create(model=SMOL, input="hi", reasoning={"effort": "low"})
+    assert "does not support thinking" in no_thinking.value.message
+
+    with pytest.raises(openai.BadRequestError) as builtin:
+        oa.responses.create(model=TOOLS_MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert "function tools only" in builtin.value.message
+
+    image = {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}
+    r = httpx.post(server.url + "/v1/responses", json={"model": SMOL, "input": [image]})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "text only" in r.json()["error"]["message"]
+
+    bad_args = [{"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "[1]"}]
+    r = httpx.post(server.url + "/v1/responses", json={"model": SMOL, "input": bad_args})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("input[0].arguments:")
