@@ -38,6 +38,8 @@ ORDER = ("completion", "tools", "thinking", "vision", "embedding", "insert")
 EMBEDDING_ARCHITECTURES = frozenset(
     {
         "bert",
+        "eurobert",
+        "llama-embed",
         "nomic-bert",
         "nomic-bert-moe",
         "neo-bert",
