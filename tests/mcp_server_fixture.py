@@ -1,7 +1,8 @@
 """A small MCP server for the tests, on the official SDK, run as `python tests/mcp_server_fixture.py [VARIANT]`.
 
 Variants: "" (the usual tools), "clash" (a second server whose `echo` clashes with the first's),
-"many" (more tools than loam takes from one server), "crash" (exits before the handshake).
+"many" (more tools than loam takes from one server), "crash" (exits before the handshake),
+"http PORT" (the usual tools over streamable HTTP on 127.0.0.1:PORT).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def echo(text: str) -> str:
     return f"{VARIANT or 'echo'}: {text}"
 
 
-if VARIANT == "":
+if VARIANT in ("", "http"):
 
     @server.tool()
     def add(a: int, b: int) -> str:
@@ -58,4 +59,7 @@ if VARIANT == "many":
 if __name__ == "__main__":
     if VARIANT == "crash":
         sys.exit(3)
-    server.run()
+    if VARIANT == "http":
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run()

@@ -58,10 +58,11 @@ def read_file(path: str, roots: Sequence[Path], limit: int = MAX_READ_BYTES) -> 
         fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         return ToolResult(f"{path}: {e.strerror}", is_error=True)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return ToolResult(f"{path} is not a regular file", is_error=True)
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return ToolResult(f"{path} is not a regular file", is_error=True)
         data = f.read(limit + 1)
     if b"\0" in data:
         return ToolResult(f"{path} is not a text file", is_error=True)
