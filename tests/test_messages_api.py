@@ -7,6 +7,7 @@ tool_use block whose input satisfies the tool's input_schema.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ WEATHER = {
         "properties": {"city": {"type": "string", "description": "the city's name"}},
         "required": ["city"],
     },
+}
+
+CAPITAL = {
+    "type": "object",
+    "properties": {"capital": {"type": "string", "maxLength": 24}},
+    "required": ["capital"],
+    "additionalProperties": False,
 }
 
 
@@ -69,6 +77,12 @@ def test_text_whole_streamed_and_counted(client: anthropic.Anthropic) -> None:
     raw = [e.type for e in client.messages.create(stream=True, **greedy())]
     assert raw[0] == "message_start" and raw[-2:] == ["message_delta", "message_stop"]
     assert raw.count("content_block_start") == raw.count("content_block_stop") == 1
+
+    # output_config.format holds the reply to a JSON schema
+    shaped = client.messages.create(
+        **greedy(max_tokens=48, output_config={"format": {"type": "json_schema", "schema": CAPITAL}})
+    )
+    jsonschema.validate(json.loads(shaped.content[0].text), CAPITAL)
 
     # count_tokens renders the same prompt the reply was generated from: cached and evaluated tokens add up to it
     counted = client.messages.count_tokens(model=SMOL, system=SYSTEM, messages=QUESTION).input_tokens

@@ -33,6 +33,13 @@ WEATHER = {
     },
 }
 
+CAPITAL = {
+    "type": "object",
+    "properties": {"capital": {"type": "string", "maxLength": 24}},
+    "required": ["capital"],
+    "additionalProperties": False,
+}
+
 
 @pytest.fixture(scope="module")
 def server(tools_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
@@ -92,6 +99,11 @@ def test_text_answer_whole_and_streamed(oa: openai.OpenAI) -> None:
     ) as stream:
         deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         assert stream.get_final_response().output_text == deltas == text
+
+    # text.format holds the reply to a JSON schema
+    schema = {"format": {"type": "json_schema", "name": "answer", "schema": CAPITAL}}
+    shaped = oa.responses.create(input=QUESTION, text=schema, **greedy(max_output_tokens=48))
+    jsonschema.validate(json.loads(shaped.output_text), CAPITAL)
 
 
 def test_function_call_and_its_output(oa: openai.OpenAI) -> None:

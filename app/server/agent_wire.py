@@ -19,11 +19,10 @@ from starlette.responses import StreamingResponse
 
 from app.api import FieldError, _options, clip
 from app.errors import ModelNotFound
-from app.server.generate import Call, Done, Piece, Resolved, resolve
+from app.server.generate import Call, Done, Piece, Resolved, check_capabilities, resolve
 from app.server.http import SHUTTING_DOWN, message_of, status_of
 from app.server.state import ServerState
 from app.tools.calls import ToolCall
-from app.tools.capabilities import require
 
 Event = tuple[str, dict[str, Any]]
 
@@ -89,14 +88,17 @@ def agent_call(
 ) -> Call:
     """The generator's Call for a request, once the model is found and can do what it asks (tools, thinking).
 
-    Tools with tool_choice "none" are never offered to the model, so they need no tool support.
+    tool_choice may name a function only among `tools`; tools with tool_choice
+    "none" are never offered to the model, so they need no tool support.
     """
-    resolved = _resolve(state, model)
-    require(resolved.name, resolved.details, tools=bool(tools) and tool_choice != "none", thinking=bool(think))
-    call = Call(resolved, options, state.settings.keep_alive, think=think)
+    names = [t["function"]["name"] for t in tools]
+    if tool_choice not in (None, "auto", "none", "required") and tool_choice not in names:
+        raise FieldError("tool_choice", f"{clip(tool_choice, 40)!r} is not one of the tools given")
+    call = Call(_resolve(state, model), options, state.settings.keep_alive, think=think)
     call.tools = tools or None
     call.tool_choice = tool_choice if tools else None
     call.parallel_calls = parallel
+    check_capabilities(call)
     return call
 
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.api import RequiredName, Wire
+from app.api import FieldError, RequiredName, Wire, usable_schema
 from app.server.agent_wire import Event, Part, agent_call, collect, function_spec, named_sse, new_id, options_of, parts
 from app.server.generate import Call, Done, Piece
 from app.server.http import guarded, parsed, primed, unless_disconnected
@@ -142,6 +142,10 @@ class CountTokensRequest(Wire):
         return self.tool_choice.internal() if self.tool_choice else None
 
 
+class OutputConfig(Wire):
+    format: dict[str, Any] | None = None
+
+
 class MessagesRequest(CountTokensRequest):
     max_tokens: int = Field(ge=1)
     temperature: float | None = None
@@ -149,6 +153,19 @@ class MessagesRequest(CountTokensRequest):
     top_k: int | None = None
     stop_sequences: list[str] = []
     stream: bool = False
+    output_config: OutputConfig | None = None
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """output_config.format ({"type": "json_schema", "schema": ...}) as the schema the reply is held to."""
+        fmt = self.output_config.format if self.output_config else None
+        if not fmt:
+            return None
+        if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise FieldError("output_config.format", 'must be {"type": "json_schema", "schema": {...}}')
+        try:
+            return usable_schema(fmt["schema"])
+        except ValueError as e:
+            raise FieldError("output_config.format.schema", str(e)) from None
 
     def options(self) -> dict[str, Any]:
         return options_of(
@@ -179,8 +196,9 @@ def messages_of(body: CountTokensRequest) -> list[dict[str, Any]]:
     names: dict[str, str] = {}  # tool_use id -> tool name, for the results that answer them
     for i, message in enumerate(body.messages):
         for j, block in enumerate(message.content):
-            if block.type in ("image", "document"):
-                raise ValueError(f"messages[{i}].content[{j}]: {block.type} blocks are not supported; send text")
+            for inner in [block, *block.content]:
+                if inner.type in ("image", "document"):
+                    raise ValueError(f"messages[{i}].content[{j}]: {inner.type} blocks are not supported; send text")
         if message.role == "assistant":
             turn: dict[str, Any] = {"role": "assistant", "content": "".join(b.text for b in message.content)}
             thinking = "".join(b.thinking for b in message.content if b.type == "thinking")
@@ -220,9 +238,10 @@ async def count_tokens(state: ServerState, request: Request) -> Response:
     """The prompt's length as the model tokenizes it: the conversation rendered by its template, as chat renders it."""
     body = await parsed(request, CountTokensRequest)
     call = _call(state, body, {})
-    spec = call.model.spec()
+    tools = call.tools if call.tool_choice != "none" else None  # as the generator offers them
+    spec, conversation = call.model.spec(), messages_of(body)
     rendered = await asyncio.to_thread(
-        render_chat, spec, messages_of(body), count_tokens=lambda _: 0, num_ctx=1, tools=call.tools, think=call.think
+        render_chat, spec, conversation, count_tokens=lambda _: 0, num_ctx=1, tools=tools, think=call.think
     )
     tokens = await state.generator.prompt_tokens(call, rendered.prompt)
     return JSONResponse({"input_tokens": len(tokens)})
@@ -231,6 +250,7 @@ async def count_tokens(state: ServerState, request: Request) -> Response:
 async def messages(state: ServerState, request: Request) -> Response:
     body = await parsed(request, MessagesRequest)
     call = _call(state, body, body.options())
+    call.json_schema = body.json_schema()
     items = state.generator.chat(call, messages_of(body))
     head = {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": call.model.name}
     if body.stream:
