@@ -17,6 +17,7 @@ import httpx
 import jsonschema
 import pytest
 
+from app.server.anthropic_api import CountTokensRequest, messages_of
 from tests.server_process import ServerProcess, clone_store
 
 SMOL = "smollm2:135m"
@@ -152,3 +153,45 @@ def test_errors_in_anthropic_shape(client: anthropic.Anthropic, server: ServerPr
         json={"model": TOOLS_MODEL, "max_tokens": 8, "messages": QUESTION, "tools": [server_tool]},
     )
     assert r.status_code == 400 and "server tool" in r.json()["error"]["message"]
+
+
+def test_blocks_become_internal_messages() -> None:
+    """tool_use blocks are the assistant's calls; each tool_result is a tool turn, text after it a user turn."""
+    body = CountTokensRequest.model_validate(
+        {
+            "model": SMOL,
+            "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use tools."}],
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "A call.", "signature": ""},
+                        {"type": "text", "text": "Checking."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [{"type": "text", "text": "18 C"}],
+                        },
+                        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "no such city", "is_error": True},
+                        {"type": "text", "text": "And tomorrow?"},
+                    ],
+                },
+            ],
+        }
+    )
+    call = {"id": "toolu_1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    assert messages_of(body) == [
+        {"role": "system", "content": "Be brief.\n\nUse tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Checking.", "thinking": "A call.", "tool_calls": [call]},
+        {"role": "tool", "content": "18 C", "tool_call_id": "toolu_1", "tool_name": "get_weather"},
+        {"role": "tool", "content": "Error: no such city", "tool_call_id": "toolu_2"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]

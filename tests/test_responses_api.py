@@ -17,6 +17,7 @@ import jsonschema
 import openai
 import pytest
 
+from app.server.responses_api import ResponsesRequest, messages_of
 from tests.server_process import ServerProcess, clone_store
 
 SMOL = "smollm2:135m"
@@ -163,3 +164,35 @@ def test_errors_in_openai_shape(oa: openai.OpenAI, server: ServerProcess) -> Non
     bad_args = [{"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "[1]"}]
     r = httpx.post(server.url + "/v1/responses", json={"model": SMOL, "input": bad_args})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("input[0].arguments:")
+
+
+def test_input_items_become_internal_messages() -> None:
+    """Calls join the assistant turn before them, reasoning becomes its thinking, outputs name the function."""
+    body = ResponsesRequest.model_validate(
+        {
+            "model": SMOL,
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "developer", "content": [{"type": "input_text", "text": "Use tools."}]},
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Two calls."}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+                {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+                {"type": "function_call_output", "call_id": "c1", "output": "18 C"},
+                {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "25 C"}]},
+            ],
+        }
+    )
+    calls = [
+        {"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"id": "c2", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}},
+    ]
+    assert messages_of(body) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Checking.", "thinking": "Two calls.", "tool_calls": calls},
+        {"role": "tool", "content": "18 C", "tool_call_id": "c1", "tool_name": "get_weather"},
+        {"role": "tool", "content": "25 C", "tool_call_id": "c2", "tool_name": "get_weather"},
+    ]
