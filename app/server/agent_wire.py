@@ -13,8 +13,9 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator
 from starlette.responses import StreamingResponse
 
 from app.api import FieldError, _options, clip
@@ -25,6 +26,16 @@ from app.server.state import ServerState
 from app.tools.calls import ToolCall
 
 Event = tuple[str, dict[str, Any]]
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+#: A token limit: a whole number of at least 1.
+TokenLimit = Annotated[int, AfterValidator(_at_least_one)]
 
 
 def new_id(prefix: str) -> str:

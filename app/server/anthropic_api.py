@@ -14,13 +14,24 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.api import FieldError, RequiredName, Wire, usable_schema
-from app.server.agent_wire import Event, Part, agent_call, collect, function_spec, named_sse, new_id, options_of, parts
+from app.server.agent_wire import (
+    Event,
+    Part,
+    TokenLimit,
+    agent_call,
+    collect,
+    function_spec,
+    named_sse,
+    new_id,
+    options_of,
+    parts,
+)
 from app.server.generate import Call, Done, Piece
 from app.server.http import guarded, parsed, primed, unless_disconnected
 from app.server.prompt import render_chat
@@ -147,7 +158,7 @@ class OutputConfig(Wire):
 
 
 class MessagesRequest(CountTokensRequest):
-    max_tokens: int = Field(ge=1)
+    max_tokens: TokenLimit
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +23,7 @@ from app.api import FieldError, RequiredName, Wire, response_schema
 from app.server.agent_wire import (
     Event,
     Part,
+    TokenLimit,
     agent_call,
     arguments_of,
     collect,
@@ -128,7 +129,7 @@ class ResponsesRequest(Wire):
     instructions: str | None = None
     tools: list[FunctionTool] = []
     tool_choice: Any = None
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: TokenLimit | None = None
     temperature: float | None = None
     top_p: float | None = None
     stream: bool = False
