@@ -19,6 +19,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Collapsible, Label, Static
@@ -108,7 +109,7 @@ class ToolCallView(Collapsible):
             Static(pretty(arguments), markup=False, classes="arguments"),
             Static("result", classes="label"),
             Static(result, markup=False, classes="result"),
-            title=f"tool {name} {shown} → {first}",
+            title=Content(f"tool {name} {shown} → {first}"),  # type: ignore[arg-type]  # literal: no markup
             classes="error" if is_error else "",
         )
 
