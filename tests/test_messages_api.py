@@ -7,8 +7,9 @@ tool_use block whose input satisfies the tool's input_schema.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,12 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
+from anthropic.types import Message, RawMessageStreamEvent
+from pydantic import TypeAdapter
 
-from app.server.anthropic_api import CountTokensRequest, messages_of
+from app.server.anthropic_api import CountTokensRequest, _events, messages_of
+from app.server.generate import Done, Piece
+from app.tools.calls import ToolCall
 from tests.server_process import ServerProcess, clone_store
 
 SMOL = "smollm2:135m"
@@ -65,6 +70,7 @@ def test_text_whole_streamed_and_counted(client: anthropic.Anthropic) -> None:
     assert whole.id.startswith("msg_") and whole.type == "message" and whole.role == "assistant"
     assert whole.model == SMOL
     assert [b.type for b in whole.content] == ["text"]
+    Message.model_validate(whole.model_dump())  # every field the SDK's type requires is there
     text = whole.content[0].text
     assert text.strip()
     assert whole.stop_reason == ("max_tokens" if whole.usage.output_tokens == 16 else "end_turn")
@@ -195,3 +201,45 @@ def test_blocks_become_internal_messages() -> None:
         {"role": "tool", "content": "Error: no such city", "tool_call_id": "toolu_2"},
         {"role": "user", "content": "And tomorrow?"},
     ]
+
+
+async def _replay(items: list[Piece | Done]) -> list[tuple[str, dict[str, Any]]]:
+    async def pieces() -> AsyncIterator[Piece | Done]:
+        for item in items:
+            yield item
+
+    head = {"id": "msg_1", "type": "message", "role": "assistant", "model": SMOL}
+    return [event async for event in _events(pieces(), head, [])]
+
+
+def test_stream_events_are_the_sdk_types() -> None:
+    """Thinking, text and a call, streamed: every event validates as the SDK's own type, blocks indexed in order."""
+    reply = [
+        Piece(thinking="A call."),
+        Piece(content="Checking."),
+        Piece(tool_calls=[ToolCall("get_weather", {"city": "Paris"})]),
+        Done("stop", prompt_tokens=10, prompt_eval_count=4, eval_count=7),
+    ]
+    events = asyncio.run(_replay(reply))
+    parsed = [TypeAdapter(RawMessageStreamEvent).validate_python(data) for name, data in events if name != "ping"]
+    assert [name for name, _ in events if name != "ping"] == [e.type for e in parsed]
+    shape = [(e.type, getattr(e, "index", None)) for e in parsed]
+    assert shape == [
+        ("message_start", None),
+        ("content_block_start", 0),
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+        ("content_block_stop", 1),
+        ("content_block_start", 2),
+        ("content_block_delta", 2),
+        ("content_block_stop", 2),
+        ("message_delta", None),
+        ("message_stop", None),
+    ]
+    assert [parsed[i].content_block.type for i in (1, 4, 7)] == ["thinking", "text", "tool_use"]
+    assert json.loads(parsed[8].delta.partial_json) == {"city": "Paris"}
+    final = parsed[-2]
+    assert final.delta.stop_reason == "tool_use"
+    assert (final.usage.input_tokens, final.usage.cache_read_input_tokens, final.usage.output_tokens) == (4, 6, 7)

@@ -7,8 +7,9 @@ when tool_choice requires it, with arguments that satisfy the tool's schema.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,12 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
-from app.server.responses_api import ResponsesRequest, messages_of
+from app.server.generate import Done, Piece
+from app.server.responses_api import ResponsesRequest, _Shell, _Stream, messages_of
+from app.tools.calls import ToolCall
 from tests.server_process import ServerProcess, clone_store
 
 SMOL = "smollm2:135m"
@@ -62,6 +67,7 @@ def test_text_answer_whole_and_streamed(oa: openai.OpenAI) -> None:
     whole = oa.responses.create(input=QUESTION, instructions="Answer in one short sentence.", **greedy())
     assert whole.id.startswith("resp_") and whole.object == "response" and whole.model == SMOL
     assert [item.type for item in whole.output] == ["message"]
+    Response.model_validate(whole.model_dump())  # every field the SDK's type requires is there
     text = whole.output_text
     assert text.strip()
     usage = whole.usage
@@ -196,3 +202,53 @@ def test_input_items_become_internal_messages() -> None:
         {"role": "tool", "content": "18 C", "tool_call_id": "c1", "tool_name": "get_weather"},
         {"role": "tool", "content": "25 C", "tool_call_id": "c2", "tool_name": "get_weather"},
     ]
+
+
+async def _replay(stream: _Stream, items: list[Piece | Done]) -> list[tuple[str, dict[str, Any]]]:
+    async def pieces() -> AsyncIterator[Piece | Done]:
+        for item in items:
+            yield item
+
+    return [event async for event in stream.events(pieces())]
+
+
+def test_stream_events_are_the_sdk_types() -> None:
+    """Thinking, a call and text, streamed: every event validates as the SDK's own type, in the order it expects."""
+    body = ResponsesRequest.model_validate({"model": SMOL, "input": "hi", "tools": [WEATHER]})
+    reply = [
+        Piece(thinking="Two calls."),
+        Piece(content="\n"),  # before a call: held, then dropped
+        Piece(tool_calls=[ToolCall("get_weather", {"city": "Paris"})]),
+        Piece(content="Checked."),
+        Done("stop", prompt_tokens=10, prompt_eval_count=4, eval_count=7),
+    ]
+    events = asyncio.run(_replay(_Stream(_Shell(body, SMOL)), reply))
+    parsed = [TypeAdapter(ResponseStreamEvent).validate_python(data) for _, data in events]
+    assert [name for name, _ in events] == [e.type for e in parsed]
+    assert [e.sequence_number for e in parsed] == list(range(len(parsed)))
+    assert [e.type.removeprefix("response.") for e in parsed] == [
+        "created",
+        "in_progress",
+        "output_item.added",
+        "reasoning_summary_part.added",
+        "reasoning_summary_text.delta",
+        "reasoning_summary_text.done",
+        "reasoning_summary_part.done",
+        "output_item.done",
+        "output_item.added",
+        "function_call_arguments.delta",
+        "function_call_arguments.done",
+        "output_item.done",
+        "output_item.added",
+        "content_part.added",
+        "output_text.delta",
+        "output_text.done",
+        "content_part.done",
+        "output_item.done",
+        "completed",
+    ]
+    final = parsed[-1].response
+    assert [item.type for item in final.output] == ["reasoning", "function_call", "message"]
+    assert final.output[0].summary[0].text == "Two calls." and final.output_text == "Checked."
+    assert json.loads(final.output[1].arguments) == {"city": "Paris"}
+    assert final.usage.input_tokens == 10 and final.usage.input_tokens_details.cached_tokens == 6

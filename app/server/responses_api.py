@@ -315,7 +315,7 @@ def _usage(done: Done) -> dict[str, Any]:
     prompt = done.prompt_tokens or done.prompt_eval_count
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": max(0, prompt - done.prompt_eval_count)},
+        "input_tokens_details": {"cached_tokens": max(0, prompt - done.prompt_eval_count), "cache_write_tokens": 0},
         "output_tokens": done.eval_count,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + done.eval_count,
