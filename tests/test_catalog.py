@@ -18,7 +18,7 @@ def test_shipped_catalog() -> None:
     assert gemma is not None
     pip = gemma.sources[-1]
     assert isinstance(pip, PipSource) and len(pip.requirements) == 4 and len(pip.members) == 4
-    assert gemma.parameters["stop"] == ["<end_of_turn>"]
+    assert gemma.parameters["stop"][-1] == "<end_of_turn>"
     assert isinstance(catalog.get(ModelName.parse("llama3.2:1b")).sources[0], RegistrySource)  # type: ignore[union-attr]
 
 

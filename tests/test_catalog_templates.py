@@ -1,4 +1,5 @@
-"""The catalog's templates: every one parses, and gemma3:270m chats in Gemma 3's own turn format."""
+"""The catalog's templates: every one parses; the Gemma 3 Modelfile chats in Gemma 3's own turn format, and the
+catalog's gemma3:270m (the pretrained model) in a plain transcript it continues well."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from app.server.gotemplate import parse
 from app.server.jinja import render_jinja
 from app.server.prompt import PromptSpec, render_chat, render_generate
 from app.store.catalog import Catalog
+from app.store.modelfile import parse as parse_modelfile
 from app.store.names import ModelName
 from app.store.store import Store
 from tests.conftest import run_loam
@@ -59,11 +61,15 @@ CONVERSATIONS = [
 ]
 
 
+MODELFILES = Path(__file__).resolve().parent.parent / "docs" / "modelfiles"
+
+
 @pytest.fixture(scope="module")
 def gemma() -> PromptSpec:
-    entry = Catalog.load().entries["gemma3:270m"]
-    assert entry.template
-    return PromptSpec(template=entry.template)
+    """docs/modelfiles/gemma3.Modelfile: for instruction-tuned Gemma 3 GGUFs."""
+    modelfile = parse_modelfile((MODELFILES / "gemma3.Modelfile").read_text())
+    assert modelfile.template and modelfile.parameters["stop"] == ["<end_of_turn>"]
+    return PromptSpec(template=modelfile.template)
 
 
 def chat(spec: PromptSpec, messages: list[dict[str, str]]) -> str:
@@ -79,8 +85,15 @@ def test_every_catalog_template_parses() -> None:
 
 def test_gemma3_entry_keeps_its_stop_and_sampling() -> None:
     entry = Catalog.load().entries["gemma3:270m"]
-    assert entry.parameters["stop"] == ["<end_of_turn>"]
+    assert entry.parameters["stop"] == ["\nUser:", "\nAssistant:", "<end_of_turn>"]
     assert entry.parameters["top_k"] == 64
+
+
+def test_pretrained_gemma3_entry_chats_as_a_transcript() -> None:
+    """The pretrained model never saw Gemma's turn markers; it gets the transcript it continues."""
+    spec = PromptSpec(template=Catalog.load().entries["gemma3:270m"].template)
+    assert chat(spec, CONVERSATIONS[3]) == "User: Hi\nAssistant: Hello!\nUser: Bye\nAssistant:"
+    assert "<start_of_turn>" not in chat(spec, CONVERSATIONS[0])
 
 
 def test_gemma3_chat_uses_gemma_turns(gemma: PromptSpec) -> None:
@@ -115,7 +128,8 @@ def test_gemma3_generate_prompt(gemma: PromptSpec) -> None:
 
 def test_pulled_gemma3_entry_stores_its_template(tiny_gguf: Path, loam_home: Path, user_catalog: Path) -> None:
     """Pull the entry's template and parameters over a local file: the model's layers carry Gemma's turns."""
-    shipped = Catalog.load().entries["gemma3:270m"]
+    template = parse_modelfile((MODELFILES / "gemma3.Modelfile").read_text()).template or ""
+    shipped = PromptSpec(template=template.lstrip("\n"))  # as a TOML multi-line string holds it
     assert shipped.template and "'''" not in shipped.template
     user_catalog.write_text(
         f'[models."gemmaish:test"]\n'
