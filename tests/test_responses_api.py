@@ -77,6 +77,7 @@ def test_text_answer_whole_and_streamed(oa: openai.OpenAI) -> None:
     assert (whole.status == "incomplete") == (usage.output_tokens == 16)
     if whole.status == "incomplete":
         assert whole.incomplete_details is not None and whole.incomplete_details.reason == "max_output_tokens"
+    assert whole.output[0].status == whole.status  # the message the limit cut is incomplete too
 
     events = list(
         oa.responses.create(input=QUESTION, instructions="Answer in one short sentence.", stream=True, **greedy())
@@ -97,6 +98,7 @@ def test_text_answer_whole_and_streamed(oa: openai.OpenAI) -> None:
     ]
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == text
     final = events[-1].response
+    assert final.output[0].status == whole.status
     assert final.output_text == text and final.id == events[0].response.id
     assert final.usage is not None and final.usage.output_tokens == usage.output_tokens
 

@@ -264,10 +264,11 @@ async def responses(state: ServerState, request: Request) -> Response:
         stream = _Stream(shell)
         return named_sse(stream.events(await primed(items)), stream.error)
     reply = await unless_disconnected(request, collect(items))
-    output = [_item(block) for block in reply.blocks]
+    assert reply.done is not None
+    cut = len(reply.blocks) if reply.done.reason == "length" else 0  # the last block, when the token limit cut it
+    output = [_item(block, "incomplete" if i == cut else "completed") for i, block in enumerate(reply.blocks, 1)]
     if not any(block.kind == "text" for block in reply.blocks) and not reply.calls:
         output.append(_message(new_id("msg_"), ""))
-    assert reply.done is not None
     return JSONResponse(shell.response(reply.done, output))
 
 
@@ -348,13 +349,13 @@ def _function_call(item_id: str, call_id: str, call: ToolCall, status: str = "co
     }
 
 
-def _item(block: Part) -> dict[str, Any]:
+def _item(block: Part, status: str) -> dict[str, Any]:
     """A whole output item for one block of a reply that was not streamed."""
     if block.call is not None:
         return _function_call(new_id("fc_"), new_id("call_"), block.call)
     if block.kind == "thinking":
-        return _reasoning(new_id("rs_"), block.text)
-    return _message(new_id("msg_"), block.text)
+        return _reasoning(new_id("rs_"), block.text, status)
+    return _message(new_id("msg_"), block.text, status)
 
 
 class _Stream:
@@ -380,7 +381,8 @@ class _Stream:
         yield self.event("response.in_progress", response=self.shell.response(None, []))
         async for part in parts(items):
             if part.kind == "done":
-                for event in self._close():
+                assert part.done is not None
+                for event in self._close("incomplete" if part.done.reason == "length" else "completed"):
                     yield event
                 if not any(item["type"] in ("message", "function_call") for item in self.output):
                     for event in self._open("text") + self._close():
@@ -424,18 +426,18 @@ class _Stream:
             return self.event("response.reasoning_summary_text.delta", **self._where(), summary_index=0, delta=text)
         return self.event("response.output_text.delta", **self._where(), content_index=0, delta=text, logprobs=[])
 
-    def _close(self) -> list[Event]:
+    def _close(self, status: str = "completed") -> list[Event]:
         if self.open is None:
             return []
         text, where = self.open["text"], self._where()
         if self.open["kind"] == "thinking":
-            item = _reasoning(self.open["id"], text)
+            item = _reasoning(self.open["id"], text, status)
             events = [
                 self.event("response.reasoning_summary_text.done", **where, summary_index=0, text=text),
                 self.event("response.reasoning_summary_part.done", **where, summary_index=0, part=item["summary"][0]),
             ]
         else:
-            item = _message(self.open["id"], text)
+            item = _message(self.open["id"], text, status)
             events = [
                 self.event("response.output_text.done", **where, content_index=0, text=text, logprobs=[]),
                 self.event("response.content_part.done", **where, content_index=0, part=_text_part(text)),
