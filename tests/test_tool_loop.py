@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -150,6 +151,37 @@ def test_cancelling_stops_the_loop_at_the_question(server: ServerProcess) -> Non
     assert runs == [] and [m["role"] for m in messages] == ["user", "assistant"]
 
 
+def test_cancelling_stops_a_tool_that_is_running(server: ServerProcess) -> None:
+    messages = [dict(m) for m in TIME_QUESTION]
+    ended: list[str] = []
+
+    async def inner() -> None:
+        running = asyncio.Event()
+
+        async def stuck(arguments: dict[str, Any]) -> ToolResult:
+            running.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                ended.append("stopped")
+            return ToolResult("never")
+
+        (real,) = builtin_tools(["current_time"], [])
+        box = Toolbox.of([[Tool(real.name, real.description, real.parameters, stuck)]])
+        client = AsyncClient(server.host)
+        try:
+            task = asyncio.create_task(run_turn(client, MODEL, messages, box, Recorder("once"), options=FORCED))
+            await running.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await client.aclose()
+
+    asyncio.run(inner())
+    assert ended == ["stopped"] and [m["role"] for m in messages] == ["user", "assistant"]
+
+
 def test_an_mcp_tool_through_the_loop(server: ServerProcess, tmp_path: Path) -> None:
     messages: list[dict[str, Any]] = [{"role": "user", "content": "What is 2 plus 3? Use the add tool."}]
 
@@ -251,6 +283,36 @@ def test_ask_with_tools_prints_calls_on_stderr_and_only_the_answer_on_stdout(
     assert "tool current_time" not in result.stdout and "<tool_call>" not in result.stdout
     plain = loam_ask("-m", MODEL, "-o", "temperature=0", "-o", "num_predict=8", "Hi", env=env)
     assert plain.returncode == 0 and "tool " not in plain.stderr
+
+
+def test_ask_on_a_terminal_asks_before_each_call(server: ServerProcess, tmp_path: Path) -> None:
+    """With a terminal and no --yes, the question is on stderr and the answer read from stdin."""
+    main, child = pty.openpty()
+    args = ["-m", MODEL, "--tools", "current_time", *forced_flags(), "What time is it?"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "ask", *args],
+        cwd=REPO, env=ask_env(server, tmp_path), stdin=child, stderr=child, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(child)
+    seen = b""
+    while b"[d]eny: " not in seen:
+        chunk = os.read(main, 1024)
+        assert chunk, f"ask ended before asking: {seen!r}"
+        seen += chunk
+    os.write(main, b"d\n")
+    stdout, _ = proc.communicate()
+    while True:
+        try:
+            chunk = os.read(main, 1024)
+        except OSError:  # the terminal closes with the last process on it
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.returncode == 0, seen
+    assert b"run tool current_time {}?" in seen and b"tool current_time {} -> not run" in seen
+    assert b"tool current_time" not in stdout
 
 
 def test_ask_with_an_mcp_server(server: ServerProcess, tmp_path: Path) -> None:

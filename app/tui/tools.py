@@ -239,7 +239,7 @@ class ChatEvents(TurnEvents):
 
     async def tool_result(self, call: ToolCall, decision: Decision, result: ToolResult | None) -> None:
         content = self.results.pop() if self.results else ""
-        view = ToolCallView(call.name, call.arguments, content, is_error=result is None or result.is_error)
+        view = ToolCallView(call.name, call.arguments, content, is_error=result is not None and result.is_error)
         await self.log.mount(view)
         self.log.anchor()
 
