@@ -62,8 +62,11 @@ def read_file(path: str, roots: Sequence[Path], limit: int = MAX_READ_BYTES) -> 
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         return ToolResult(f"{path} is not a regular file", is_error=True)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        return ToolResult(f"{path}: {e.strerror}", is_error=True)
     if b"\0" in data:
         return ToolResult(f"{path} is not a text file", is_error=True)
     text = data[:limit].decode("utf-8", errors="replace")

@@ -416,7 +416,9 @@ def pending_calls(messages: list[Message]) -> list[tuple[Message, dict[str, Any]
         if message.role == "assistant":
             pending = list(message.tool_calls or [])
         elif message.role == "tool":
-            index = next((i for i, c in enumerate(pending) if c["function"]["name"] == message.tool_name), None)
+            index = next(
+                (i for i, c in enumerate(pending) if (c.get("function") or {}).get("name") == message.tool_name), None
+            )
             out.append((message, pending.pop(index) if index is not None else None))
     return out
 
