@@ -132,3 +132,25 @@ def test_fuzz_random_text_in_random_pieces_never_fails_and_loses_nothing(fmt: st
         shown, calls, _ = run(fmt, pieces)
         if not calls:
             assert shown == text  # nothing parsed as a call: every character is shown, in order
+
+
+def test_a_call_cut_off_by_the_token_limit_can_be_abandoned() -> None:
+    parser = CallParser("hermes")
+    shown = parser.feed('<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>{"name": "a", "argu')
+    assert parser.abandon() is True
+    assert shown + parser.flush() == ""
+    assert parser.calls == [ToolCall("a", {})]
+    assert parser.abandon() is False
+
+
+def test_gemma_calls_parse_nested_values_and_refuse_broken_ones() -> None:
+    from app.tools.calls import parse_gemma_call
+
+    body = 'call:get_weather{city:<|"|>Paris, FR<|"|>,days:3,opts:{metric:true,tags:[<|"|>a<|"|>,2.5,null]}}'
+    assert parse_gemma_call(body) == [
+        ToolCall("get_weather", {"city": "Paris, FR", "days": 3, "opts": {"metric": True, "tags": ["a", 2.5, None]}})
+    ]
+    assert parse_gemma_call("call:f{q:<escape>hi<escape>}", "functiongemma") == [ToolCall("f", {"q": "hi"})]
+    for broken in ["call:f{a:", 'call:f{a:<|"|>x}', "call:f{a:1 b:2}", "call:f{a:1} trailing", "f{a:1}", "call:f"]:
+        assert parse_gemma_call(broken) is None, broken
+    assert parse_gemma_call("call:f{a:" + "[" * 100 + "]" * 100 + "}") is None  # nested too deeply

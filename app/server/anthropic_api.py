@@ -282,7 +282,7 @@ def _stop(done: Done, called: bool, stop_sequences: list[str]) -> tuple[str, str
         return "tool_use", None
     if done.reason == "length":
         return "max_tokens", None
-    word = getattr(done, "stop_word", "")  # the stop string the runner matched, when the generator reports it
+    word = done.stop_word  # the stop string the runner matched, when the generator reports it
     if word and word in stop_sequences:
         return "stop_sequence", word
     return "end_turn", None

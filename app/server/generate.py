@@ -85,6 +85,7 @@ class Done:
     context: list[int] = field(default_factory=list)
     #: The runner's per-token entries not yet sent with a Piece (all of them, after `gather`).
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    stop_word: str = ""  # the stop text that ended the reply, when one did
     #: Tool calls: none while streaming (they come in Pieces); after `gather`, every call of the reply.
     tool_calls: list[ToolCall] = field(default_factory=list)
 
@@ -328,7 +329,7 @@ class Generator:
                 if text and (piece := reply.feed(text)):
                     yield piece
                 if chunk.get("stop"):
-                    if piece := reply.flush():
+                    if piece := reply.flush(cut=chunk.get("stop_type") == "limit"):
                         yield piece
                     pending = reply.pending
                     done = self._done(loaded, call, chunk, tokens)
@@ -351,6 +352,7 @@ class Generator:
             eval_count=int(t.get("predicted_n", 0)),
             eval=float(t.get("predicted_ms", 0.0)) / 1000,
             context=tokens,
+            stop_word=str(final.get("stopping_word") or "") if final.get("stop_type") == "word" else "",
         )
 
     @staticmethod
@@ -374,10 +376,14 @@ class _Reply:
         thinking, content = self.splitter.feed(text) if self.splitter else ("", text)
         return self._piece(thinking, self.parser.feed(content) if self.parser and content else content)
 
-    def flush(self) -> Piece | None:
+    def flush(self, cut: bool = False) -> Piece | None:
+        """The end of the reply; `cut` says the token limit ended it, so a call it cut off is dropped, not shown."""
         thinking, content = self.splitter.flush() if self.splitter else ("", "")
         if self.parser:
-            content = (self.parser.feed(content) if content else "") + self.parser.flush()
+            content = self.parser.feed(content) if content else ""
+            if cut and self.parser.calls:
+                self.parser.abandon()
+            content += self.parser.flush()
         return self._piece(thinking, content)
 
     def _piece(self, thinking: str, content: str) -> Piece | None:

@@ -225,10 +225,22 @@ def _legacy(template: GoTemplate, messages: list[Message], extra: dict[str, Any]
 
 
 def _jinja_message(message: Message) -> Message:
-    """Hugging Face's message shape: role and content, plus tool_calls and thinking when there are any."""
+    """Hugging Face's message shape: role and content, plus tool calls, thinking and a tool result's id and name."""
     plain = {"role": message["role"], "content": message["content"]}
-    plain.update({k: message[k] for k in ("tool_calls", "thinking") if message.get(k)})
+    plain.update({k: message[k] for k in ("thinking", "tool_call_id") if message.get(k)})
+    if message.get("tool_calls"):
+        plain["tool_calls"] = [_jinja_call(c) for c in message["tool_calls"] if isinstance(c, dict)]
+    if message.get("tool_name"):
+        plain["name"] = message["tool_name"]
     return plain
+
+
+def _jinja_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as Hugging Face templates read it: {type, id, function: {name, arguments}}."""
+    out = {"type": "function", "function": call.get("function") or {}}
+    if call.get("id"):
+        out["id"] = call["id"]
+    return out
 
 
 def _jinja_renderer(spec: PromptSpec, tools: list | None, think: bool | None) -> Callable[[list[Message]], str]:

@@ -6,6 +6,8 @@ Models announce a call in one of a few ways, and the chat template says which:
 - Llama 3.x: `<|python_tag|>` then `{"name": ..., "parameters": {...}}`, calls separated by `;`,
   or the same JSON as the whole answer;
 - Mistral: `[TOOL_CALLS]` then a JSON list of `{"name", "arguments"}`;
+- Gemma: `<|tool_call>call:NAME{key:<|"|>text<|"|>,n:3}<tool_call|>` (Gemma 4), or FunctionGemma's
+  `<start_function_call>call:NAME{key:<escape>text<escape>}<end_function_call>`;
 - plain JSON: an answer that is one call object, or a list of them.
 
 A `CallParser` takes the text piece by piece: text before a call comes out at
@@ -17,6 +19,7 @@ as a call is given back as text, never lost. Everything it holds is bounded.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,9 @@ from typing import Any
 MAX_HELD = 1 << 20
 MAX_CALLS = 64
 
-FORMATS = ("hermes", "llama3", "mistral", "json")
+FORMATS = ("hermes", "llama3", "mistral", "gemma", "functiongemma", "json")
+#: Deepest nesting of a Gemma-style argument value.
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,25 @@ def detect_format(template: str | None) -> str:
         return "mistral"
     if "<|python_tag|>" in text or "<|eom_id|>" in text:
         return "llama3"
+    if "<|start_header_id|>" in text and "tools" in text:  # Llama 3.2's custom tools: bare JSON with "parameters"
+        return "llama3"
+    if "<|tool_call>" in text:
+        return "gemma"
+    if "<start_function_call>" in text:
+        return "functiongemma"
     return "json"
 
 
-_OPENERS = {"hermes": "<tool_call>", "llama3": "<|python_tag|>", "mistral": "[TOOL_CALLS]"}
-_CLOSERS = {"hermes": "</tool_call>"}
+_OPENERS = {
+    "hermes": "<tool_call>",
+    "llama3": "<|python_tag|>",
+    "mistral": "[TOOL_CALLS]",
+    "gemma": "<|tool_call>",
+    "functiongemma": "<start_function_call>",
+}
+_CLOSERS = {"hermes": "</tool_call>", "gemma": "<tool_call|>", "functiongemma": "<end_function_call>"}
+#: How Gemma-style calls quote a string.
+_QUOTES = {"gemma": '<|"|>', "functiongemma": "<escape>"}
 
 
 def _as_call(obj: Any) -> ToolCall | None:
@@ -95,6 +114,84 @@ def parse_calls(text: str) -> list[ToolCall] | None:
     return calls or None
 
 
+class _GemmaArgs:
+    """A Gemma-style argument object, `{key:value,...}`, read into Python values; ValueError when it is not one."""
+
+    _WORD = re.compile(r"[A-Za-z_][\w.\-]*")
+    _NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+
+    def __init__(self, text: str, quote: str) -> None:
+        self.text, self.quote, self.at = text, quote, 0
+
+    def value(self, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise ValueError("nested too deeply")
+        text, at = self.text, self.at
+        if text.startswith(self.quote, at):
+            end = text.find(self.quote, at + len(self.quote))
+            if end < 0:
+                raise ValueError("unterminated string")
+            self.at = end + len(self.quote)
+            return text[at + len(self.quote) : end]
+        if text.startswith("{", at):
+            return self._items("}", depth, keyed=True)
+        if text.startswith("[", at):
+            return self._items("]", depth, keyed=False)
+        if number := self._NUMBER.match(text, at):
+            self.at = number.end()
+            return json.loads(number.group())
+        for word, value in (("true", True), ("false", False), ("null", None)):
+            if text.startswith(word, at):
+                self.at = at + len(word)
+                return value
+        raise ValueError(f"unexpected text at {at}")
+
+    def _items(self, close: str, depth: int, keyed: bool) -> Any:
+        self.at += 1
+        out: Any = {} if keyed else []
+        while not self.text.startswith(close, self.at):
+            if out:
+                if not self.text.startswith(",", self.at):
+                    raise ValueError(f"expected , at {self.at}")
+                self.at += 1
+            if keyed:
+                key = self._key()
+                if not self.text.startswith(":", self.at):
+                    raise ValueError(f"expected : at {self.at}")
+                self.at += 1
+                out[key] = self.value(depth + 1)
+            else:
+                out.append(self.value(depth + 1))
+        self.at += 1
+        return out
+
+    def _key(self) -> str:
+        if self.text.startswith(self.quote, self.at):
+            key = self.value()
+            return str(key)
+        word = self._WORD.match(self.text, self.at)
+        if not word:
+            raise ValueError(f"expected a key at {self.at}")
+        self.at = word.end()
+        return word.group()
+
+
+def parse_gemma_call(text: str, fmt: str = "gemma") -> list[ToolCall] | None:
+    """A Gemma-style call body, `call:NAME{...}`, or None when it is not one."""
+    match = re.match(r"\s*call:([A-Za-z_][\w.\-]*)", text)
+    if not match:
+        return None
+    reader = _GemmaArgs(text, _QUOTES.get(fmt, '<|"|>'))
+    reader.at = match.end()
+    try:
+        arguments = reader.value() if reader.at < len(text) and text[reader.at] == "{" else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(arguments, dict) or text[reader.at :].strip():
+        return None
+    return [ToolCall(match.group(1), arguments)]
+
+
 def _partial_suffix(text: str, marker: str) -> int:
     """How many characters at the end of `text` could be the start of `marker`."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
@@ -137,12 +234,22 @@ class CallParser:
         held, self._pending = self._pending, ""
         if self._in_call or self._bare:
             body = held[len(self._opener) :] if self._in_call and self._opener and not self._bare else held
-            calls = parse_calls(body)
+            calls = self._parse(body)
             if calls is not None:
                 self.calls += calls
                 return ""
         self._in_call = self._bare = False
         return held.lstrip() if self._after_call else held
+
+    def abandon(self) -> bool:
+        """Drop a call still being written (a reply cut off by its token limit); True when there was one."""
+        if not self._in_call:
+            return False
+        self._pending, self._in_call = "", False
+        return True
+
+    def _parse(self, block: str) -> list[ToolCall] | None:
+        return parse_gemma_call(block, self.fmt) if self.fmt in _QUOTES else parse_calls(block)
 
     def _give_back(self) -> str:
         held, self._pending = self._pending, ""
@@ -192,7 +299,7 @@ class CallParser:
         whole = self._pending[: end + len(self._closer)]
         self._pending = self._pending[end + len(self._closer) :]
         self._in_call = False
-        calls = parse_calls(block)
+        calls = self._parse(block)
         if calls is None:
             return whole  # not a call after all: show it as the model wrote it
         self.calls += calls

@@ -84,14 +84,20 @@ def call_schema(tools: list[dict[str, Any]], fmt: str, only: str | None = None) 
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def tool_grammar(tools: list[dict[str, Any]], fmt: str, choice: str, most: int = MAX_GRAMMAR_CALLS) -> ToolGrammar:
+def tool_grammar(
+    tools: list[dict[str, Any]], fmt: str, choice: str, most: int = MAX_GRAMMAR_CALLS
+) -> ToolGrammar | None:
     """The grammar for `choice` ("auto", "required" or a tool's name) allowing `most` calls.
 
-    ValueError when the tools can't be expressed as a grammar.
+    None for the Gemma-style formats, whose arguments are not JSON (they are parsed, not
+    constrained); ValueError when the tools can't be expressed as a grammar.
     """
     if len(tools) > MAX_TOOLS:
         raise ValueError(f"tools: at most {MAX_TOOLS} tools may be offered in one request")
     only = None if choice in ("auto", "required") else choice
+    if fmt in ("gemma", "functiongemma"):
+        call_schema(tools, fmt, only)  # still refuse a tool_choice naming no tool
+        return None
     call = _converted(call_schema(tools, fmt, only))
     opener, closer = _MARKERS.get(fmt, ("", ""))
     more = f"{{0,{max(1, min(most, MAX_GRAMMAR_CALLS)) - 1}}}"
