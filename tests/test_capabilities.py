@@ -10,11 +10,11 @@ import pytest
 from gguf import GGUFWriter, PoolingType
 
 from app.errors import Unsupported
-from app.store.gguf_info import GGUFInfo, inspect
+from app.server.capabilities import ORDER, capabilities, require
+from app.store.gguf_info import inspect
 from app.store.manifest import MEDIA_PROJECTOR, Layer
 from app.store.names import ModelName
 from app.store.store import ModelDetails, Store
-from app.tools.capabilities import ORDER, capabilities, require
 
 #: The Hermes/Qwen-style Go template Ollama's library ships for Qwen 3 (abridged, fields kept).
 QWEN3_GO = """{{- if .Messages }}
@@ -113,15 +113,6 @@ def stored(root: Path, gguf: Path, name: str, *, template: str | None = None) ->
 
 def with_info(details: ModelDetails, **changes: object) -> ModelDetails:
     return dataclasses.replace(details, info=dataclasses.replace(details.info, **changes))
-
-
-@dataclasses.dataclass(frozen=True)
-class RichInfo(GGUFInfo):
-    """A GGUFInfo that also carries the pooling, causality and vision facts capabilities reads when present."""
-
-    pooling_type: int | None = None
-    causal_attention: bool | None = None
-    vision: bool = False
 
 
 def write_bert(path: Path) -> Path:
@@ -226,6 +217,7 @@ def test_gemma_style_templates_are_completion_only(tiny: ModelDetails) -> None:
 def test_embedding_gguf_is_embedding_only(tmp_path: Path) -> None:
     details = stored(tmp_path / "models", write_bert(tmp_path / "bert.gguf"), "tiny-bert")
     assert details.info.architecture == "bert"
+    assert (details.info.pooling_type, details.info.causal_attention) == (int(PoolingType.MEAN), False)
     assert capabilities(details) == ["embedding"]
     with pytest.raises(Unsupported, match=r'^"tiny-bert" does not support tools$'):
         require("tiny-bert", details, tools=True)
@@ -233,12 +225,13 @@ def test_embedding_gguf_is_embedding_only(tmp_path: Path) -> None:
 
 def test_pooling_or_bidirectional_attention_means_embedding(tiny: ModelDetails) -> None:
     """A decoder architecture converted as an embedder (Qwen3-Embedding, EmbeddingGemma) says so in its metadata."""
-    base = {f.name: getattr(tiny.info, f.name) for f in dataclasses.fields(GGUFInfo)}
-    pooled = dataclasses.replace(tiny, info=RichInfo(**base, pooling_type=int(PoolingType.LAST)))
+    pooled = with_info(tiny, pooling_type=int(PoolingType.LAST))
     assert capabilities(pooled) == ["embedding"]
-    bidirectional = dataclasses.replace(tiny, info=RichInfo(**base, causal_attention=False))
+    bidirectional = with_info(tiny, causal_attention=False)
     assert capabilities(bidirectional) == ["embedding"]
-    plain = dataclasses.replace(tiny, info=RichInfo(**base, pooling_type=int(PoolingType.NONE), causal_attention=True))
+    plain = dataclasses.replace(
+        tiny, info=dataclasses.replace(tiny.info, pooling_type=int(PoolingType.NONE), causal_attention=True)
+    )
     assert capabilities(plain) == ["completion"]
     assert capabilities(with_info(tiny, architecture="nomic-bert")) == ["embedding"]
 
@@ -252,8 +245,10 @@ def test_projector_or_vision_encoder_means_vision(tiny: ModelDetails) -> None:
     projected = dataclasses.replace(tiny, stored=dataclasses.replace(tiny.stored, manifest=manifest))
     assert capabilities(projected) == ["completion", "vision"]
     require("tiny", projected, images=True)
-    base = {f.name: getattr(tiny.info, f.name) for f in dataclasses.fields(GGUFInfo)}
-    assert capabilities(dataclasses.replace(tiny, info=RichInfo(**base, vision=True))) == ["completion", "vision"]
+    assert capabilities(with_info(tiny, vision=True)) == [
+        "completion",
+        "vision",
+    ]
 
 
 def test_require_wording_and_order(tiny: ModelDetails) -> None:

@@ -133,7 +133,7 @@ class Call:
 
 def check_capabilities(call: Call, *, images: bool = False) -> None:
     """Unsupported (a 400 on every API) when the request needs tools, thinking or images the model lacks."""
-    from app.tools.capabilities import require
+    from app.server.capabilities import require
 
     tools = bool(call.tools) and (call.tool_choice or call.options.get("tool_choice")) != "none"
     require(call.model.name, call.model.details, tools=tools, thinking=bool(call.think), images=images)

@@ -161,6 +161,11 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def parse_template(source: str) -> nodes.Template:
+    """The template's syntax tree, parsed with the extensions rendering uses; jinja2.TemplateSyntaxError if bad."""
+    return _ENV.parse(source)
+
+
 @functools.lru_cache(maxsize=32)
 def _compile(source: str) -> jinja2.Template:
     try:

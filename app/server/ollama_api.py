@@ -29,6 +29,7 @@ from app.api import (
     clip,
 )
 from app.errors import ModelNotFound, QuantizeError
+from app.server.capabilities import capabilities
 from app.server.generate import Call, Done, Piece, check_capabilities, gather, renormalized, resolve
 from app.server.http import BadRequest, guarded, ndjson, now_rfc3339, parsed, primed, unless_disconnected
 from app.server.state import OLLAMA_API_VERSION, ServerState
@@ -41,7 +42,6 @@ from app.store.pull import pull
 from app.store.quantize import UNQUANTIZED
 from app.store.store import ModelDetails
 from app.tools.calls import ToolCall
-from app.tools.capabilities import capabilities
 
 _FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)
 

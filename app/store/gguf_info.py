@@ -45,6 +45,9 @@ class GGUFInfo:
     name: str | None = None
     chat_template: str | None = None
     kind: str | None = None  # general.type: "model", "adapter", or unset in older files
+    pooling_type: int | None = None  # {arch}.pooling_type: 0 none, 1 mean, 2 cls, 3 last, 4 rank (embedding models)
+    causal_attention: bool | None = None  # {arch}.attention.causal: False for BERT-like encoders
+    vision: bool = False  # a vision encoder inside the GGUF ({arch}.vision.block_count), as Ollama tests for
 
     @property
     def parameter_size(self) -> str:
@@ -132,6 +135,9 @@ def inspect(path: Path) -> GGUFInfo:
         name=_str(fields, "general.name", name),
         chat_template=_str(fields, "tokenizer.chat_template", name),
         kind=_str(fields, "general.type", name),
+        pooling_type=_int(fields, f"{arch}.pooling_type", name),
+        causal_attention=causal if isinstance(causal := fields.get(f"{arch}.attention.causal"), bool) else None,
+        vision=f"{arch}.vision.block_count" in fields,
     )
     if not header.tensors:
         raise BadModelFile(f"{name} holds no tensors; it is not a model GGUF (a vocabulary-only file?)")

@@ -27,7 +27,7 @@ from jinja2 import meta, nodes
 
 from app.errors import Unsupported
 from app.server.gotemplate import TemplateError, parse
-from app.server.jinja import _ENV
+from app.server.jinja import parse_template
 from app.store.manifest import MEDIA_PROJECTOR
 from app.store.store import ModelDetails
 
@@ -131,7 +131,7 @@ def _go_capabilities(source: str) -> frozenset[str]:
 def _jinja_capabilities(source: str) -> frozenset[str]:
     """tools and thinking from the variables a Jinja chat template uses; nothing when it does not parse."""
     try:
-        tree = _ENV.parse(source)
+        tree = parse_template(source)
     except jinja2.TemplateSyntaxError:
         return frozenset()
     variables = meta.find_undeclared_variables(tree)
