@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -20,10 +21,13 @@ from app.tui.app import LoamApp
 from app.tui.chat import MessageView, PromptInput
 from app.tui.history import MIGRATIONS, History
 from app.tui.tools import ToolCallView, ToolConfirmScreen
+from tests.runner_process import REPO
 from tests.server_process import ServerProcess, clone_store
+from tests.test_mcp import fixture_children
 
 MODEL = "smollm2:135m-tools"
 PLAIN = "smollm2:135m"
+FIXTURE = str(REPO / "tests" / "mcp_server_fixture.py")
 FORCED = ["/set parameter temperature 0", "/set parameter num_predict 32", "/set parameter tool_choice required"]
 
 
@@ -162,6 +166,42 @@ def test_escape_at_the_question_ends_the_tool_loop(server: ServerProcess, loam_h
     drive(new_app(server, tmp_path, model=MODEL), steps)
     roles = [row[0] for row in stored(tmp_path)]
     assert "tool" not in roles and roles[0] == "user"
+
+
+def test_allowed_for_the_chat_is_not_asked_again(server: ServerProcess, loam_home: Path, tmp_path: Path) -> None:
+    async def steps(app: LoamApp) -> None:
+        await say(app, "/tools on current_time")
+        await setup(app, FORCED)
+        await ask_tool(app, "What time is it?")
+        await app.pilot.press("a")  # type: ignore[attr-defined]
+        await until(app, lambda: not app.answering)
+        await say(app, "And now?")
+        await until(app, lambda: len(app.query(ToolCallView)) == 2 and not app.answering)
+        assert app.session is not None and app.chat_tools.allowed[app.session.id] == {"current_time"}
+
+    drive(new_app(server, tmp_path, model=MODEL), steps)
+    assert [row[0] for row in stored(tmp_path)].count("tool") == 2
+
+
+def test_an_mcp_server_from_config_in_the_chat(server: ServerProcess, loam_home: Path, tmp_path: Path) -> None:
+    path = config.paths().config_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[mcp.calc]\ncommand = "{sys.executable}"\nargs = ["{FIXTURE}"]\n')
+
+    async def steps(app: LoamApp) -> None:
+        await say(app, "/tools on calc")
+        lines = [*FORCED[:1], "/set parameter num_predict 64", "/set parameter tool_choice add"]
+        await setup(app, lines)
+        screen = await ask_tool(app, "What is 2 plus 3?")
+        assert screen.source == "calc" and screen.call.name == "add"
+        a, b = int(screen.call.arguments["a"]), int(screen.call.arguments["b"])
+        await app.pilot.press("o")  # type: ignore[attr-defined]
+        await until(app, lambda: not app.answering)
+        (block,) = app.query(ToolCallView).results(ToolCallView)
+        assert block.tool_name == "add" and block.result == str(a + b)
+
+    drive(new_app(server, tmp_path, model=MODEL), steps)
+    assert fixture_children() == [], "the chat app stops the servers it started"
 
 
 def test_a_model_without_tools_is_told_once(server: ServerProcess, loam_home: Path, tmp_path: Path) -> None:
