@@ -10,6 +10,7 @@ import pytest
 from app.errors import LoamError
 from app.tui.history import (
     DEFAULT_TITLE,
+    SCHEMA_VERSION,
     History,
     HistoryError,
     Message,
@@ -56,7 +57,7 @@ def test_get_missing_session_is_a_history_error(history: History) -> None:
 def test_bad_role_is_refused(history: History) -> None:
     session = history.create("m")
     with pytest.raises(ValueError, match="role"):
-        history.add_message(session.id, "tool", "x")
+        history.add_message(session.id, "narrator", "x")
     assert history.messages(session.id) == []
 
 
@@ -168,9 +169,9 @@ def test_reopen_finds_everything(loam_home: Path) -> None:
 
 
 def test_schema_version_and_pragmas(history: History) -> None:
-    assert history.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert history.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert history.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert history.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert history.db.execute("PRAGMA foreign_keys").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_newer_schema_asks_to_upgrade(tmp_path: Path) -> None:

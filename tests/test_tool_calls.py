@@ -154,3 +154,25 @@ def test_gemma_calls_parse_nested_values_and_refuse_broken_ones() -> None:
     for broken in ["call:f{a:", 'call:f{a:<|"|>x}', "call:f{a:1 b:2}", "call:f{a:1} trailing", "f{a:1}", "call:f"]:
         assert parse_gemma_call(broken) is None, broken
     assert parse_gemma_call("call:f{a:" + "[" * 100 + "]" * 100 + "}") is None  # nested too deeply
+
+
+@pytest.mark.parametrize(
+    ("text", "calls"),
+    [
+        (
+            '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+            [ToolCall("get_weather", {"city": "Paris"})],
+        ),
+        ('  {"name": "get_weather", "arguments": {}}', [ToolCall("get_weather", {})]),
+        ('{"name": "Bob", "arguments": {}}', []),  # not an offered tool: the answer's own JSON
+        ("```python\nprint(1)\n```", []),
+        ("`x` is a variable", []),
+    ],
+)
+def test_any_format_takes_a_whole_answer_that_is_a_bare_or_fenced_call(text: str, calls: list[ToolCall]) -> None:
+    """Models trained on <tool_call> blocks (Qwen 2.5 Coder) often answer with the bare or fenced JSON instead."""
+    for cut in range(len(text) + 1):
+        parser = CallParser("hermes", names=["get_weather"])
+        shown = parser.feed(text[:cut]) + parser.feed(text[cut:]) + parser.flush()
+        assert parser.calls == calls, cut
+        assert shown == ("" if calls else text), cut

@@ -200,3 +200,12 @@ def test_bad_tool_requests_are_400s(server: ServerProcess, oai: openai.OpenAI) -
         json={"model": TOOLS_MODEL, "messages": QUESTION, "tools": [WEATHER], "options": {"tool_choice": 7}},
     )
     assert r.status_code == 400 and "tool_choice" in r.json()["error"]
+
+
+def test_api_show_lists_what_each_model_can_do(server: ServerProcess) -> None:
+    def caps(model: str) -> list[str]:
+        return httpx.post(server.url + "/api/show", json={"model": model}).json()["capabilities"]
+
+    assert caps(PLAIN_MODEL) == ["completion"]
+    assert caps(TOOLS_MODEL) == ["completion", "tools"]
+    assert ollama.Client(host=server.url).show(TOOLS_MODEL).capabilities == ["completion", "tools"]

@@ -80,9 +80,12 @@ MAX_TRIGGERS, MAX_TRIGGER_CHARS = 16, 256
 def trigger_patterns(triggers: Any) -> list[str]:
     """llama-server's grammar triggers as the full-match regular expressions llama.cpp's lazy grammar takes.
 
-    A `word` switches the grammar on wherever it appears, `pattern` wherever the
-    regex matches, `pattern_full` when the whole output so far matches; the grammar
-    then applies from the first capture group (or the match) on.
+    A `word` switches the grammar on where it appears, `pattern` where the regex
+    matches, `pattern_full` when the whole output so far matches; the grammar then
+    applies from the first capture group (or the match) on. A word or pattern must
+    end the output so far (a token boundary falls right after it): text past the
+    trigger that the grammar refuses would abort llama.cpp, so the grammar only
+    switches on where what it is fed is exactly the trigger.
     """
     if not isinstance(triggers, list) or not triggers or len(triggers) > MAX_TRIGGERS:
         raise ValueError(f"grammar_triggers must be a list of 1 to {MAX_TRIGGERS} triggers for a lazy grammar")
@@ -102,7 +105,7 @@ def trigger_patterns(triggers: Any) -> list[str]:
         else:
             raise ValueError("grammar_triggers: type must be word, pattern or pattern_full")
     if anywhere:
-        full.append("^[\\s\\S]*?(" + "|".join(anywhere) + ")[\\s\\S]*")
+        full.append("^[\\s\\S]*?(" + "|".join(anywhere) + ")$")
     return full
 
 

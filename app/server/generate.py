@@ -25,7 +25,7 @@ from app.server.thinking import ThinkingSplitter, prompt_opens_thinking
 from app.store.names import ModelName
 from app.store.store import ModelDetails, Store
 from app.tools.calls import MAX_CALLS, CallParser, ToolCall, detect_format
-from app.tools.grammar import MAX_GRAMMAR_CALLS, tool_grammar
+from app.tools.grammar import MAX_GRAMMAR_CALLS, tool_grammar, tool_names
 
 
 @dataclass
@@ -184,7 +184,7 @@ class Generator:
                 render_chat, call.model.spec(), messages, count_tokens=count, num_ctx=loaded.context_length,
                 tools=offered, think=call.think,
             )  # fmt: skip
-            parser = CallParser(call.model.call_format()) if offered else None
+            parser = CallParser(call.model.call_format(), tool_names(offered)) if offered else None
             most = MAX_CALLS if call.parallel_calls else 1
             extra = grammar.fields() if grammar else {}
             reply = _Reply(None, parser, most=most)

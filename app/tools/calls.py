@@ -192,6 +192,28 @@ def parse_gemma_call(text: str, fmt: str = "gemma") -> list[ToolCall] | None:
     return [ToolCall(match.group(1), arguments)]
 
 
+def _fence_opens_json(text: str) -> bool | None:
+    """For an answer opening with a backtick: does a ``` or ```json fence open it, with JSON inside?
+
+    None while that cannot be told yet (the fence line or the first character after it is still to come).
+    """
+    if "\n" not in text:
+        return None if len(text) < 16 and "```json".startswith(text.rstrip()[:7]) else False
+    header, rest = text.split("\n", 1)
+    if header.strip() not in ("```", "```json"):
+        return False
+    rest = rest.lstrip()
+    return None if not rest else rest[0] in "{["
+
+
+def _unfenced(text: str) -> str:
+    """The inside of a ```json fence around the whole text (the text itself when there is none)."""
+    body = text.strip()
+    if body.startswith("```") and body.endswith("```") and "\n" in body:
+        return body.split("\n", 1)[1][:-3]
+    return body
+
+
 def _partial_suffix(text: str, marker: str) -> int:
     """How many characters at the end of `text` could be the start of `marker`."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
@@ -203,10 +225,12 @@ def _partial_suffix(text: str, marker: str) -> int:
 class CallParser:
     """Splits a streamed answer into text and tool calls, in one of FORMATS."""
 
-    def __init__(self, fmt: str = "json") -> None:
+    def __init__(self, fmt: str = "json", names: list[str] | None = None) -> None:
+        """`names`: the offered tools; a "call" to any other name is text, not a call."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown tool call format {fmt!r}; one of {', '.join(FORMATS)}")
         self.fmt = fmt
+        self.names = set(names) if names is not None else None
         self.calls: list[ToolCall] = []
         self._opener = _OPENERS.get(fmt)
         self._closer = _CLOSERS.get(fmt)
@@ -233,8 +257,10 @@ class CallParser:
         """The end of the answer: finish a call written to the end, give back whatever is not one."""
         held, self._pending = self._pending, ""
         if self._in_call or self._bare:
-            body = held[len(self._opener) :] if self._in_call and self._opener and not self._bare else held
-            calls = self._parse(body)
+            if self._bare:
+                calls = self._known(parse_calls(_unfenced(held)))
+            else:
+                calls = self._parse(held[len(self._opener) :] if self._opener else held)
             if calls is not None:
                 self.calls += calls
                 return ""
@@ -249,7 +275,13 @@ class CallParser:
         return True
 
     def _parse(self, block: str) -> list[ToolCall] | None:
-        return parse_gemma_call(block, self.fmt) if self.fmt in _QUOTES else parse_calls(block)
+        return self._known(parse_gemma_call(block, self.fmt) if self.fmt in _QUOTES else parse_calls(block))
+
+    def _known(self, calls: list[ToolCall] | None) -> list[ToolCall] | None:
+        """Calls only when every one names an offered tool: other JSON is the answer's text."""
+        if calls is None or (self.names is not None and any(c.name not in self.names for c in calls)):
+            return None
+        return calls
 
     def _give_back(self) -> str:
         held, self._pending = self._pending, ""
@@ -262,9 +294,15 @@ class CallParser:
             stripped = self._pending.lstrip()
             if not stripped:
                 return ""
+            if self._opener and self._opener.startswith(stripped):
+                return ""  # maybe the format's own opener: wait for it
+            if stripped.startswith("`") and (decided := _fence_opens_json(stripped)) is None:
+                self._started = False
+                return ""  # not yet known whether the fence holds a call
             self._started = True
-            if self.fmt in ("json", "llama3") and stripped[0] in "{[":
-                self._bare = True
+            opened = bool(self._opener) and stripped.startswith(self._opener)
+            if not opened and (stripped[0] in "{[" or (stripped.startswith("`") and decided)):
+                self._bare = True  # the whole answer may be a call object (or a fenced one), in any format
         if self._bare:
             return ""  # held to the end: the whole answer is a call, or it is given back as text
         if self._in_call:

@@ -103,7 +103,7 @@ def tool_grammar(
     more = f"{{0,{max(1, min(most, MAX_GRAMMAR_CALLS)) - 1}}}"
     if fmt == "hermes":
         block = f"{opener} tc-call {closer}"
-        rules = f"root ::= tc-block (tc-ws tc-block){more}\ntc-block ::= {block}\n"
+        rules = f'root ::= tc-block (tc-ws tc-block){more} | tc-call (tc-ws "```")?\ntc-block ::= {block}\n'
     elif fmt == "mistral":
         rules = f'root ::= {opener} tc-ws tc-call (tc-ws "," tc-ws tc-call){more} tc-ws {closer}\n'
     elif fmt == "llama3":
@@ -118,10 +118,11 @@ def tool_grammar(
 
 def _triggers(fmt: str) -> list[dict[str, Any]]:
     """Where a lazy grammar switches on: the format's opening marker, or a call-shaped JSON object."""
-    opening = r'\{\s*"name"\s*:'
-    bare = {"type": "pattern_full", "value": rf"^\s*({opening})[\s\S]*"}
-    if fmt == "hermes":
-        return [{"type": "word", "value": "<tool_call>"}]
+    ws = "[ \\t\\n]{0,8}"  # what tc-ws and the converted `space` rule take, so the fed text always parses
+    opening = rf'\{{{ws}"name"{ws}:{ws}'
+    bare = {"type": "pattern_full", "value": rf"^{ws}(?:```(?:json)?{ws})?({opening})$"}
+    if fmt == "hermes":  # models trained on it also answer a bare (or fenced) call object
+        return [{"type": "word", "value": "<tool_call>"}, bare]
     if fmt == "mistral":
         return [{"type": "word", "value": "[TOOL_CALLS]"}]
     if fmt == "llama3":
@@ -133,7 +134,8 @@ def _converted(schema: dict[str, Any]) -> str:
     """llama.cpp's GBNF for `schema`, with its `root` rule renamed `tc-call` so it can be embedded."""
     from app.runner.sampling import schema_grammar  # the runner's converter, with its JSON string fix
 
-    text = schema_grammar(schema)
+    space = r"space ::= [ \t\n]{0,8}"  # any JSON whitespace a lazy trigger may have fed, not just one space
+    text = re.sub(r"^space ::= .*$", lambda _: space, schema_grammar(schema), count=1, flags=re.M)
     if re.search(r"(?<![\w-])root(?![\w-])(?! ::=)", text):
         raise ValueError("tools: a parameters schema refers to itself as a whole; give it named $defs")
     return re.sub(r"^root ::=", "tc-call ::=", text, count=1, flags=re.M)
