@@ -171,7 +171,7 @@ def test_reopen_finds_everything(loam_home: Path) -> None:
 def test_schema_version_and_pragmas(history: History) -> None:
     assert history.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert history.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert history.db.execute("PRAGMA foreign_keys").fetchone()[0] == SCHEMA_VERSION
+    assert history.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_newer_schema_asks_to_upgrade(tmp_path: Path) -> None:
