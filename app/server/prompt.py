@@ -65,17 +65,26 @@ def render_chat(
     conversation = _conversation(spec, messages)
     render = _renderer(spec, tools, think)
     total = len(conversation)
-    prompt, dropped = render(conversation), 0
-    fits = total <= 1 or count_tokens(prompt) <= num_ctx
-    for i in range(1, total):
-        if fits:
-            break
+    prompt = render(conversation)
+    if total <= 1 or count_tokens(prompt) <= num_ctx:
+        return Rendered(prompt, 0, prompt_opens_thinking(prompt))
+
+    def kept(i: int) -> list[Message]:
         start = _block_start(conversation, i)
-        kept = [m for m in conversation[:start] if m["role"] == "system"] + conversation[start:]
-        if total - len(kept) > dropped:
-            prompt, dropped = render(kept), total - len(kept)
-            fits = i == total - 1 or count_tokens(prompt) <= num_ctx
-    return Rendered(prompt, dropped, prompt_opens_thinking(prompt))
+        return [m for m in conversation[:start] if m["role"] == "system"] + conversation[start:]
+
+    # Leaving out more never lengthens the prompt, so the fewest messages to leave out are found by
+    # bisection: a request with thousands of messages costs a few renders, not one per message.
+    lo, hi = 1, total - 1  # the answer is in [lo, hi]; leaving out all but the last always "fits"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_tokens(render(kept(mid))) <= num_ctx:
+            hi = mid
+        else:
+            lo = mid + 1
+    messages_kept = kept(lo)
+    prompt = render(messages_kept)
+    return Rendered(prompt, total - len(messages_kept), prompt_opens_thinking(prompt))
 
 
 def render_generate(
