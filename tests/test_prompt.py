@@ -227,7 +227,6 @@ def test_fitting_counts_each_candidate_once() -> None:
     assert len(counted) == len(set(counted)) == 3
 
 
-
 def test_fitting_a_long_conversation_takes_a_few_renders() -> None:
     """Thousands of messages (a request body can hold them) cost a few renders, not one per message left out."""
     messages = [m("user" if i % 2 == 0 else "assistant", f"w{i} " * 3) for i in range(3001)]
@@ -241,6 +240,7 @@ def test_fitting_a_long_conversation_takes_a_few_renders() -> None:
     assert len(counted) <= 14, "bisection: about log2(3000) candidates are counted"
     assert words(rendered.prompt) <= 300 < words(rendered.prompt) + 3 + 3, "as few messages as possible are left out"
     assert rendered.dropped == 3001 - 100 and rendered.prompt.rstrip().endswith("w3000 w3000 w3000")
+
 
 # --- the Jinja sandbox ----------------------------------------------------------------------------------------------
 
