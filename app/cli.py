@@ -468,7 +468,9 @@ def _parameter_lines(parameters: dict[str, object]) -> list[str]:
 
 
 def format_details(details: ModelDetails, measured: str = "") -> str:
-    """`loam show`: the Model section, figures measured here, then parameters, system, template, license."""
+    """`loam show`: the Model section, capabilities, figures measured here, parameters, system, template, license."""
+    from app.server.capabilities import capabilities
+
     info = details.info
     rows = [
         ("architecture", info.architecture),
@@ -478,6 +480,7 @@ def format_details(details: ModelDetails, measured: str = "") -> str:
         ("quantization", info.file_type),
     ]
     out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows if v is not None]
+    out += ["", "  Capabilities"] + [f"    {c}" for c in capabilities(details)]
     if measured:
         out += ["", "  Measured on this machine", f"    {measured}"]
     if details.parameters:

