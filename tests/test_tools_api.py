@@ -209,3 +209,48 @@ def test_api_show_lists_what_each_model_can_do(server: ServerProcess) -> None:
     assert caps(PLAIN_MODEL) == ["completion"]
     assert caps(TOOLS_MODEL) == ["completion", "tools"]
     assert ollama.Client(host=server.url).show(TOOLS_MODEL).capabilities == ["completion", "tools"]
+
+
+def _pydantic_style(name: str, unit: dict) -> dict:
+    """A tool whose parameters use $defs, as pydantic and most SDK helpers write them."""
+    parameters = {
+        "$defs": {"Unit": unit},
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"$ref": "#/$defs/Unit"}},
+        "required": ["city", "unit"],
+    }
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def test_parameters_with_defs_are_constrained_each_by_its_own(oai: openai.OpenAI) -> None:
+    """Two tools that both define "Unit", differently: each call holds to its own tool's definitions."""
+    tools = [
+        _pydantic_style("weather_named", {"type": "string", "enum": ["celsius", "fahrenheit"]}),
+        _pydantic_style("weather_coded", {"type": "integer", "minimum": 0, "maximum": 9}),
+    ]
+    for choice in ("weather_named", "weather_coded"):
+        reply = oai.chat.completions.create(
+            model=TOOLS_MODEL, messages=QUESTION, tools=tools, temperature=0, max_tokens=60,
+            tool_choice={"type": "function", "function": {"name": choice}},
+        )  # fmt: skip
+        call = reply.choices[0].message.tool_calls[0]
+        assert call.function.name == choice
+        schema = next(t for t in tools if t["function"]["name"] == choice)["function"]["parameters"]
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+
+
+def test_hostile_parameters_schemas_are_refused_in_one_line(server: ServerProcess) -> None:
+    deep: dict = {"type": "string"}
+    for _ in range(400):
+        deep = {"type": "object", "properties": {"a": deep}}
+    for parameters in (deep, {"$ref": "#"}, {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}):
+        tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+        body = {"model": TOOLS_MODEL, "messages": QUESTION, "tools": [tool], "max_tokens": 5}
+        reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 400, reply.text
+        message = reply.json()["error"]["message"]
+        assert "Error" not in message and "\n" not in message
+    nameless = {"type": "function", "function": {"parameters": {"type": "object"}}}
+    body = {"model": TOOLS_MODEL, "messages": QUESTION, "tools": [WEATHER, nameless], "max_tokens": 5}
+    reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 400 and "tools[1]" in reply.json()["error"]["message"]

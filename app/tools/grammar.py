@@ -66,22 +66,63 @@ def _parameters(tool: dict[str, Any]) -> Any:
 def call_schema(tools: list[dict[str, Any]], fmt: str, only: str | None = None) -> dict[str, Any]:
     """The JSON schema of one call object: {"name": one of the tools, "arguments": that tool's parameters}."""
     key = "parameters" if fmt == "llama3" else "arguments"
-    options = []
-    for tool in tools:
+    options, defs = [], {}
+    for i, tool in enumerate(tools):
         names = tool_names([tool])
-        if not names or (only is not None and names[0] != only):
+        if not names:
+            raise ValueError(f"tools[{i}]: each tool needs a function with a name")
+        if only is not None and names[0] != only:
             continue
+        # Each tool's schema and its $defs move under the root's $defs, named apart, so that the
+        # references a schema makes to its own definitions resolve there (the converter reads refs from the root).
+        params = dict(_parameters(tool))
+        own = {**_mapping(params.pop("definitions", None)), **_mapping(params.pop("$defs", None))}
+        prefix = f"tool{i}"
+        defs[prefix] = _rebased(params, prefix, own)
+        defs |= {f"{prefix}-{name}": _rebased(value, prefix, own) for name, value in own.items()}
         options.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": names[0]}, key: _parameters(tool)},
+                "properties": {"name": {"const": names[0]}, key: {"$ref": f"#/$defs/tool{i}"}},
                 "required": ["name", key],
                 "additionalProperties": False,
             }
         )
     if not options:
         raise ValueError(f'tool_choice: no tool named "{only}" among the request\'s tools')
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return schema | {"$defs": defs}
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+#: Deepest nesting (objects and lists) of a tool's parameters schema: the converter recurses once a level.
+MAX_SCHEMA_DEPTH = 128
+
+
+def _rebased(schema: Any, prefix: str, own: dict[str, Any], depth: int = 0) -> Any:
+    """`schema` with its local references pointing to where `call_schema` moved the tool's schema and definitions."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"tools: a parameters schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+    if isinstance(schema, list):
+        return [_rebased(v, prefix, own, depth + 1) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _rebased(v, prefix, own, depth + 1) for k, v in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        if ref in ("#", "#/"):
+            raise ValueError("tools: a parameters schema refers to itself as a whole; give it named $defs")
+        parts = ref[2:].split("/")
+        if len(parts) >= 2 and parts[0] in ("$defs", "definitions"):
+            if parts[1] not in own:
+                raise ValueError(f"tools: a parameters schema refers to {ref[:80]}, which it does not define")
+            out["$ref"] = "/".join([f"#/$defs/{prefix}-{parts[1]}", *parts[2:]])
+        else:
+            out["$ref"] = f"#/$defs/{prefix}/{ref[2:]}"
+    return out
 
 
 def tool_grammar(
