@@ -288,6 +288,7 @@ def test_read_file_limits(notes: Path) -> None:
     assert "not a text file" in read_file("blob.bin", [notes]).text
     assert "not a regular file" in read_file("sub", [notes]).text
     assert "no such file" in read_file("missing.md", [notes]).text
+    assert read_file("~no-such-user-here/x.md", [notes]).is_error, "an unknown ~user is a result, not an exception"
     assert "read_roots" in read_file("todo.md", []).text and read_file("todo.md", []).is_error
 
 

@@ -43,10 +43,10 @@ def read_file(path: str, roots: Sequence[Path], limit: int = MAX_READ_BYTES) -> 
     if not isinstance(path, str) or not path.strip() or "\0" in path:
         return ToolResult("path must be a file path, e.g. notes/todo.md", is_error=True)
     resolved_roots = [root.expanduser().resolve() for root in roots]
-    wanted = Path(path).expanduser()
-    if not wanted.is_absolute():
-        wanted = resolved_roots[0] / wanted
-    try:
+    try:  # expanduser raises RuntimeError for "~someone" with no such user
+        wanted = Path(path).expanduser()
+        if not wanted.is_absolute():
+            wanted = resolved_roots[0] / wanted
         target = wanted.resolve(strict=True)
     except (OSError, RuntimeError):
         return ToolResult(f"{path}: no such file", is_error=True)
