@@ -74,7 +74,8 @@ async def setup(app: LoamApp, lines: list[str]) -> None:
 async def ask_tool(app: LoamApp, text: str) -> ToolConfirmScreen:
     """Send `text` and wait for the question before the call."""
     await say(app, text)
-    await until(app, lambda: isinstance(app.screen, ToolConfirmScreen))
+    # pushed is not yet composed: wait for its widgets, so keys and queries find them
+    await until(app, lambda: isinstance(app.screen, ToolConfirmScreen) and bool(app.screen.query("#once")))
     assert isinstance(app.screen, ToolConfirmScreen)
     return app.screen
 
