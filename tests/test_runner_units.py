@@ -117,7 +117,7 @@ def test_runner_flags_are_llama_servers() -> None:
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], llama.LLAMA_FLASH_ATTN_TYPE_DISABLED),  # one slot on the CPU: it slows decoding
+        ([], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),  # llama.cpp's rule: a cached prompt reads as a fresh one
         (["-np", "4"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),  # several: same output whatever the batch
         (["-ngl", "99"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),
         (["--kv-cache-type", "q8_0"], llama.LLAMA_FLASH_ATTN_TYPE_AUTO),  # a quantized V cache needs it

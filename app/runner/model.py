@@ -179,19 +179,17 @@ def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.ll
 
 
 def flash_attn_type(options: RunnerOptions) -> int:
-    """llama.cpp's flash-attention setting; "auto" means off for one slot on the CPU.
+    """llama.cpp's flash-attention setting: "auto" is llama.cpp's own rule (on for the CPU).
 
-    There, flash attention slows single-stream decoding by 10-20%
-    (docs/benchmarks.md). With several slots it stays on: it is faster there, and
-    it keeps each sequence's greedy output the same whatever else shares the batch.
-    A quantized V cache needs it, and on a GPU llama.cpp's own "auto" decides.
+    With flash attention off, the CPU kernels' rounding depends on the batch's
+    shape, and on some CPUs (AVX2 without AVX-512) by a lot: a prompt read whole
+    and the same prompt served from the cache (its last token read alone) gave
+    logprobs 0.02-0.4 apart on SmolLM2, so a cached conversation could answer
+    differently. With it on they match, whatever the cache or the batch.
     """
     if options.flash_attn == "on":
         return llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
     if options.flash_attn == "off":
-        return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    cpu_single = options.n_gpu_layers == 0 and options.parallel == 1
-    if cpu_single and options.kv_cache_type in ("f16", "f32", "bf16"):
         return llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
     return llama.LLAMA_FLASH_ATTN_TYPE_AUTO
 
