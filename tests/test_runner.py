@@ -56,7 +56,7 @@ def test_greedy_completion_matches_llama_cpp_python(smollm2: Path) -> None:
     from llama_cpp import Llama
 
     prompt = "The capital of France is"
-    llm = Llama(model_path=str(smollm2), n_ctx=2048, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(smollm2), n_ctx=2048, n_threads=2, flash_attn=True, verbose=False)  # as the runner
     expected = llm.create_completion(prompt, max_tokens=32, temperature=0)["choices"][0]["text"]
     del llm
     with RunnerProcess(smollm2, "--ctx-size", "2048", "--threads", "2") as runner:
