@@ -151,7 +151,7 @@ def tool_grammar(
         rules = f'root ::= "<|python_tag|>"? tc-call (tc-ws ";" tc-ws tc-call){more}\n'
     else:
         rules = "root ::= tc-call\n"
-    grammar = rules + "tc-ws ::= [ \\t\\n]{0,8}\n" + call
+    grammar = rules + "tc-ws ::= [ \\t\\n]{0,2}\n" + call
     if choice != "auto":
         return ToolGrammar(grammar)
     return ToolGrammar(grammar, lazy=True, triggers=_triggers(fmt))
@@ -159,9 +159,10 @@ def tool_grammar(
 
 def _triggers(fmt: str) -> list[dict[str, Any]]:
     """Where a lazy grammar switches on: the format's opening marker, or a call-shaped JSON object."""
-    ws = "[ \\t\\n]{0,8}"  # what tc-ws and the converted `space` rule take, so the fed text always parses
-    opening = rf'\{{{ws}"name"{ws}:{ws}'
-    bare = {"type": "pattern_full", "value": rf"^{ws}(?:```(?:json)?{ws})?({opening})$"}
+    # what the converted `space` rule takes (one optional space), so the text fed to the grammar always parses;
+    # a call object written with other whitespace is still parsed, only not constrained
+    opening = r'\{ ?"name" ?: ?'
+    bare = {"type": "pattern_full", "value": rf"^[ \t\n]{{0,8}}(?:```(?:json)?[ \t\n]{{0,8}})?({opening})$"}
     if fmt == "hermes":  # models trained on it also answer a bare (or fenced) call object
         return [{"type": "word", "value": "<tool_call>"}, bare]
     if fmt == "mistral":
@@ -175,8 +176,7 @@ def _converted(schema: dict[str, Any]) -> str:
     """llama.cpp's GBNF for `schema`, with its `root` rule renamed `tc-call` so it can be embedded."""
     from app.runner.sampling import schema_grammar  # the runner's converter, with its JSON string fix
 
-    space = r"space ::= [ \t\n]{0,8}"  # any JSON whitespace a lazy trigger may have fed, not just one space
-    text = re.sub(r"^space ::= .*$", lambda _: space, schema_grammar(schema), count=1, flags=re.M)
+    text = schema_grammar(schema)
     if re.search(r"(?<![\w-])root(?![\w-])(?! ::=)", text):
         raise ValueError("tools: a parameters schema refers to itself as a whole; give it named $defs")
     return re.sub(r"^root ::=", "tc-call ::=", text, count=1, flags=re.M)
