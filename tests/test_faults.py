@@ -92,7 +92,9 @@ def test_a_wedged_runner_fails_the_request_and_reloads(server: ServerProcess) ->
 def test_a_wedged_runner_mid_stream_ends_the_stream_with_the_error(server: ServerProcess) -> None:
     assert generate(server).status_code == 200
     [pid] = server.runner_pids()
-    body = {"model": "tiny", "prompt": "a", "options": {"num_predict": 100000, "temperature": 1}}
+    # ignore_eos: the random model must not end its answer before the runner is stopped
+    options = {"num_predict": 100000, "temperature": 1, "ignore_eos": True}
+    body = {"model": "tiny", "prompt": "a", "options": options}
     try:
         with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=120) as r:
             lines = r.iter_lines()
