@@ -485,19 +485,26 @@ class OpenAIRequest(Wire):
             "max_tokens": "num_predict",
             "max_completion_tokens": "num_predict",
         }
-        options: dict[str, Any] = {}
-        for key, name in names.items():
-            value = getattr(self, key)
-            if value is None:
-                continue
-            try:
-                options.update(_options({name: value}, key))
-            except FieldError as e:
-                raise FieldError(key, str(e).split(": ", 1)[1]) from None
-        return options
+        return wire_options({key: (name, getattr(self, key)) for key, name in names.items()})
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def wire_options(fields: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """Wire fields as Ollama options (`{wire: (option, value)}`), each checked by the parameter table.
+
+    A bad value is a 400 naming the wire field (`max_tokens: ...`), not the option it became.
+    """
+    options: dict[str, Any] = {}
+    for wire, (name, value) in fields.items():
+        if value is None:
+            continue
+        try:
+            options.update(_options({name: value}, wire))
+        except FieldError as e:
+            raise FieldError(wire, str(e).split(": ", 1)[1]) from None
+    return options
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

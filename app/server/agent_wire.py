@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator
 from starlette.responses import StreamingResponse
 
-from app.api import FieldError, _options, clip
+from app.api import FieldError, clip, wire_options
 from app.errors import ModelNotFound
 from app.server.generate import Call, Done, Piece, Resolved, check_capabilities, resolve
 from app.server.http import SHUTTING_DOWN, message_of, status_of
@@ -43,20 +43,8 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
-def options_of(fields: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    """Wire fields as Ollama options (`{wire: (option, value)}`), each checked by the parameter table.
-
-    A bad value is a 400 naming the wire field (`max_tokens: …`), not the option it became.
-    """
-    options: dict[str, Any] = {}
-    for wire, (name, value) in fields.items():
-        if value is None:
-            continue
-        try:
-            options.update(_options({name: value}, wire))
-        except FieldError as e:
-            raise FieldError(wire, str(e).split(": ", 1)[1]) from None
-    return options
+#: Wire fields as checked Ollama options; the same check OpenAI's chat fields get.
+options_of = wire_options
 
 
 def function_spec(name: str, description: str | None, parameters: dict[str, Any] | None) -> dict[str, Any]:
