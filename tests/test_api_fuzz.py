@@ -87,6 +87,12 @@ ROUTES: list[tuple[str, str, dict[str, Any], dict[str, list[Any]]]] = [
     ("/v1/completions", "POST", {"model": "tiny", "prompt": "hi"}, {**OPENAI, "prompt": [5, ["a", "b"], {}]}),
     ("/v1/embeddings", "POST", {"model": "tiny", "input": "hi"},
      {"model": STRING, "input": [5, [], [1], {}], "encoding_format": ["hex", 5], "dimensions": ["x", 1.5]}),
+    ("/v1/responses", "POST", {"model": "tiny", "input": "hi"},
+     {"model": STRING, "input": [5, [5], [{"type": "nope"}], {}], "instructions": [5, []],
+      "tools": ["x", [5], [{"type": "web_search"}]], "max_output_tokens": ["x", -5], "temperature": ["hot", -1]}),
+    ("/v1/messages", "POST", {"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+     {"model": STRING, "messages": ["x", 5, [{"role": "robot"}], [{"content": "x"}]], "max_tokens": ["x", -1],
+      "tools": ["x", [5]], "stop_sequences": [5, [5]], "temperature": ["hot", -1]}),
 ]  # fmt: skip
 
 
