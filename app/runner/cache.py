@@ -64,10 +64,14 @@ class StateCache:
                 best, best_n = state, n
         return best, best_n
 
-    def take(self, state: SavedState) -> None:
-        """Remove an entry that is being restored into a slot."""
+    def take(self, state: SavedState) -> bytes | None:
+        """Remove an entry that is being restored into a slot; its bytes (None if they cannot be trusted)."""
         self._drop(state.tokens)
         self.hits += 1
+        return state.data
+
+    def flush(self) -> None:
+        """The process is stopping: keep what can outlive it (nothing, for RAM alone)."""
 
     def _drop(self, key: tuple[int, ...]) -> None:
         state = self._entries.pop(key)

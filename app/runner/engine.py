@@ -28,10 +28,11 @@ from app.runner.slot import Chunk, Request, Slot
 class Engine:
     """Slots, a request queue and the thread that decodes for them."""
 
-    def __init__(self, model: Model, cache_bytes: int) -> None:
+    def __init__(self, model: Model, cache: StateCache | int) -> None:
+        """`cache`: where displaced conversations' states go (a byte budget: RAM only)."""
         self.model = model
         self.slots = [Slot(i) for i in range(model.options.parallel)]
-        self.cache = StateCache(cache_bytes)
+        self.cache = cache if isinstance(cache, StateCache) else StateCache(cache)
         self.batch_size = model.n_batch
         self._batch = llama.llama_batch_init(self.batch_size, 0, 1)
         self._queue: deque[Request] = deque()
@@ -53,7 +54,7 @@ class Engine:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=20)  # the slots' states are being kept
 
     def submit(self, request: Request) -> None:
         with self._cond:
@@ -100,12 +101,20 @@ class Engine:
                 while not self._stopping and not self._queue and not any(s.busy for s in self.slots):
                     self._cond.wait()
                 if self._stopping:
+                    self._keep_states()
                     return
             self._drop_cancelled()
             self._admit()
             for job in list(self._scoring):
                 self._score_step(*job)
             self._step()
+
+    def _keep_states(self) -> None:
+        """At stop: every slot's conversation goes to the cache, which keeps what it can beyond this process."""
+        for slot in self.slots:
+            if not slot.busy:
+                self._save(slot)
+        self.cache.flush()
 
     def _drop_cancelled(self) -> None:
         with self._cond:
@@ -158,7 +167,7 @@ class Engine:
             slot = min(free, key=lambda s: s.last_used)
             self._save(slot)
             self._restore(slot, saved)
-            return slot, n_saved
+            return slot, common_prefix(slot.tokens, prompt)  # 0 when the state could not be restored
         if n < len(slot.tokens) // 2:
             self._save(slot)  # another conversation takes this slot; keep this one's history
         return slot, n
@@ -182,13 +191,17 @@ class Engine:
         self.cache.put(SavedState(tuple(slot.tokens), ctypes.string_at(buf, written)))  # one copy, not a list
 
     def _restore(self, slot: Slot, saved: SavedState) -> None:
+        """Load a saved state into a slot; the slot ends up empty when the state is unusable."""
         llama.llama_memory_seq_rm(self.model.memory, slot.id, -1, -1)
-        buf = (ctypes.c_uint8 * len(saved.data)).from_buffer_copy(saved.data)
-        if llama.llama_state_seq_set_data(self.model.ctx, buf, len(saved.data), slot.id) == 0:
-            slot.tokens = []
+        slot.tokens = []
+        data = self.cache.take(saved)  # None: a disk copy that failed its checks
+        if not data:
+            return
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama.llama_state_seq_set_data(self.model.ctx, buf, len(data), slot.id) == 0:
+            llama.llama_memory_seq_rm(self.model.memory, slot.id, -1, -1)
             return
         slot.tokens = list(saved.tokens)
-        self.cache.take(saved)
 
     def _trim(self, slot: Slot, n: int) -> None:
         """Keep only the first n tokens of a slot's KV cache."""
