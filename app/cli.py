@@ -478,6 +478,7 @@ def format_details(details: ModelDetails, measured: str = "") -> str:
         ("context length", info.context_length),
         ("embedding length", info.embedding_length),
         ("quantization", info.file_type),
+        ("draft", details.draft_label),
     ]
     out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows if v is not None]
     out += ["", "  Capabilities"] + [f"    {c}" for c in capabilities(details)]

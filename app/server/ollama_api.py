@@ -161,6 +161,8 @@ async def show(state: ServerState, request: Request) -> Response:
         out["license"] = details.license
     if details.system:
         out["system"] = details.system
+    if details.draft:  # loam's own field: the Modelfile DRAFT that proposes tokens for this model
+        out["draft"] = {"model": details.draft_name or "", "digest": details.draft.digest, "size": details.draft.size}
     return JSONResponse(out)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from app.store.parameters import PARAMETERS, ParameterError, coerce
 
 DEFAULT_NUM_CTX = 4096
+#: Tokens a draft model proposes per step when draft_num_predict is unset (llama.cpp's --draft-max default).
+DEFAULT_DRAFT_NUM_PREDICT = 16
 #: Request options that map to runner /completion fields under another name.
 _SAMPLING_NAMES = {
     "num_predict": "n_predict",
@@ -45,6 +47,7 @@ class LoadOptions:
     use_mmap: bool = True
     use_mlock: bool = False
     parallel: int = 1
+    draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT  # the runner's --draft-max, for a model with a DRAFT
 
 
 def merged(defaults: dict[str, Any], request: dict[str, Any] | None) -> dict[str, Any]:
@@ -81,6 +84,7 @@ def load_options(options: dict[str, Any], context_length: int | None, parallel: 
         use_mmap=bool(options.get("use_mmap", True)),
         use_mlock=bool(options.get("use_mlock", False)),
         parallel=int(options.get("num_parallel") or parallel),
+        draft_num_predict=int(options.get("draft_num_predict") or DEFAULT_DRAFT_NUM_PREDICT),
     )
 
 

@@ -68,6 +68,7 @@ class LoadRequest:
     model: Path
     options: LoadOptions
     adapters: tuple[Path, ...] = ()
+    draft: Path | None = None  # the DRAFT model's GGUF; options.draft_num_predict is how many tokens it proposes
 
 
 @dataclass(eq=False)

@@ -7,6 +7,7 @@ trusted, and to fill the config blob and `loam show`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import mmap
 import os
@@ -144,6 +145,165 @@ def inspect(path: Path) -> GGUFInfo:
     return info
 
 
+#: llama.cpp's rule for pairing a draft model with a target (common/speculative.cpp): their token
+#: lists may differ in length by this many entries, and must read the same from this token id on.
+DRAFT_MAX_SIZE_DIFFERENCE = 128
+DRAFT_CHECK_FROM = 5
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A GGUF's tokenizer, as far as drafting tokens for another model cares."""
+
+    path: Path
+    model: str | None  # tokenizer.ggml.model: llama, gpt2, ...
+    size: int
+    bos: int | None
+    eos: int | None
+    add_bos: bool | None
+    add_eos: bool | None
+    tokens: Array  # tokenizer.ggml.tokens, located in the file but not read
+
+
+def vocabulary(path: Path) -> Vocabulary:
+    """The tokenizer metadata of a GGUF; BadModelFile when the header is malformed or has no token list."""
+    header = read_header(path)
+    fields, name = header.fields, path.name[:200]
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, Array) or tokens.etype != _STRING:
+        raise BadModelFile(f"{name} has no token list (tokenizer.ggml.tokens); it carries no vocabulary")
+    return Vocabulary(
+        path=path,
+        model=_str(fields, "tokenizer.ggml.model", name),
+        size=tokens.count,
+        bos=_int(fields, "tokenizer.ggml.bos_token_id", name),
+        eos=_int(fields, "tokenizer.ggml.eos_token_id", name),
+        add_bos=_flag(fields, "tokenizer.ggml.add_bos_token"),
+        add_eos=_flag(fields, "tokenizer.ggml.add_eos_token"),
+        tokens=tokens,
+    )
+
+
+def vocabulary_difference(draft: Vocabulary, model: Vocabulary) -> str | None:
+    """How a draft's vocabulary differs from its target's, in a few words (draft's side first);
+    None when the two can be paired as llama.cpp pairs them.
+
+    The token lists are compared by the sha256 of their bytes from token DRAFT_CHECK_FROM to
+    the shorter list's end, read through a memory map: nothing a hostile count or length
+    says is allocated, and every step is held against the bytes the file has.
+    """
+    if draft.model != model.model:
+        return f"tokenizer {_word(draft.model)} vs {_word(model.model)}"
+    if abs(draft.size - model.size) > DRAFT_MAX_SIZE_DIFFERENCE:
+        return f"{draft.size} vs {model.size} tokens"
+    for what, mine, theirs in (
+        ("bos token", draft.bos, model.bos),
+        ("eos token", draft.eos, model.eos),
+        ("add_bos_token", draft.add_bos, model.add_bos),
+        ("add_eos_token", draft.add_eos, model.add_eos),
+    ):
+        if mine != theirs:
+            return f"{what} {_word(mine)} vs {_word(theirs)}"
+    shared = min(draft.size, model.size)
+    with _mapped(draft.path) as a, _mapped(model.path) as b:
+        if _span_digest(a, draft.tokens, shared) == _span_digest(b, model.tokens, shared):
+            return None
+        index, mine_text, theirs_text = _first_different_token(a, draft.tokens, b, model.tokens, shared)
+    return f"token {index} is {mine_text} vs {theirs_text}"
+
+
+class _mapped:
+    """A read-only memory map of a regular file, closed on exit; BadModelFile when it cannot be made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> mmap.mmap:
+        fd = open_regular(self.path)
+        try:
+            self.map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise BadModelFile(f"cannot map {_short(self.path)}: {e}") from None
+        finally:
+            os.close(fd)
+        return self.map
+
+    def __exit__(self, *exc: object) -> None:
+        self.map.close()
+
+
+def _token_cursor(buf: mmap.mmap, tokens: Array, skip: int) -> _Cursor:
+    """A cursor on the token list's item `skip`, checked against the file as it is now."""
+    if tokens.end > len(buf) or tokens.start > tokens.end:
+        raise BadModelFile("the token list lies past the end of the file (did it change while being read?)")
+    cursor = _Cursor(buf)
+    cursor.size, cursor.pos = tokens.end, tokens.start
+    try:
+        cursor.skip_strings(min(skip, tokens.count))
+    except _Invalid as e:
+        raise BadModelFile(f"the token list is not valid: {e}") from None
+    return cursor
+
+
+def _span_digest(buf: mmap.mmap, tokens: Array, stop: int) -> str:
+    """sha256 of the token list's bytes (length prefixes included) from DRAFT_CHECK_FROM to item `stop`."""
+    cursor = _token_cursor(buf, tokens, DRAFT_CHECK_FROM)
+    begin = cursor.pos
+    if stop >= tokens.count:
+        end = tokens.end
+    else:
+        try:
+            cursor.skip_strings(max(stop - DRAFT_CHECK_FROM, 0))
+        except _Invalid as e:
+            raise BadModelFile(f"the token list is not valid: {e}") from None
+        end = cursor.pos
+    digest = hashlib.sha256()
+    with memoryview(buf) as view:
+        for at in range(begin, end, 1 << 20):
+            digest.update(view[at : min(at + (1 << 20), end)])
+    return digest.hexdigest()
+
+
+def _first_different_token(
+    a: mmap.mmap, a_tokens: Array, b: mmap.mmap, b_tokens: Array, stop: int
+) -> tuple[int, str, str]:
+    """The first token id from DRAFT_CHECK_FROM on whose text differs, and both texts (clipped)."""
+    ca, cb = _token_cursor(a, a_tokens, DRAFT_CHECK_FROM), _token_cursor(b, b_tokens, DRAFT_CHECK_FROM)
+    with memoryview(a) as va, memoryview(b) as vb:
+        try:
+            for index in range(DRAFT_CHECK_FROM, stop):
+                na, nb = ca.unpack("<Q"), cb.unpack("<Q")
+                if na > ca.size - ca.pos or nb > cb.size - cb.pos:
+                    raise _Invalid(f"token {index} runs past the end of the list")
+                pa, pb = ca.pos, cb.pos
+                ca.pos, cb.pos = pa + na, pb + nb
+                if na != nb or va[pa : pa + na] != vb[pb : pb + nb]:
+                    return index, _token_text(va, pa, na), _token_text(vb, pb, nb)
+        except _Invalid as e:
+            raise BadModelFile(f"the token list is not valid: {e}") from None
+    return stop, "(none)", "(none)"  # the digests differed but no token does: the file changed under us
+
+
+def _token_text(view: memoryview, pos: int, n: int) -> str:
+    text = bytes(view[pos : pos + min(n, 40)]).decode("utf-8", errors="replace")
+    return repr(text + ("..." if n > 40 else ""))
+
+
+def _flag(fields: dict[str, Any], key: str) -> bool | None:
+    value = fields.get(key)
+    return value if isinstance(value, bool) else None
+
+
+def _word(value: Any) -> str:
+    """A metadata value fit for a one-line message."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    return text if len(text) <= 40 and text.isprintable() else repr(text[:40])
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -155,10 +315,12 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Array:
-    """A metadata array, skipped rather than read: its element type and length."""
+    """A metadata array, skipped rather than read: its element type, length and where its items lie in the file."""
 
     etype: int
     count: int
+    start: int = 0  # offset of the first item
+    end: int = 0  # offset just past the last item
 
 
 @dataclass(frozen=True)
@@ -311,6 +473,7 @@ class _Cursor:
         if depth >= _MAX_NESTING:
             raise _Invalid(f"metadata {key[:80]!r} nests arrays more than {_MAX_NESTING} deep")
         etype, count = self.unpack("<I"), self.unpack("<Q")
+        start = self.pos
         if etype in _SCALARS:
             n = struct.calcsize(_SCALARS[etype]) * count
             if n > self.size - self.pos:
@@ -333,7 +496,15 @@ class _Cursor:
                 self.value(_ARRAY, key, depth + 1)
         else:
             raise _Invalid(f"array {key[:80]!r} has unknown element type {etype}")
-        return Array(etype, count)
+        return Array(etype, count, start, self.pos)
+
+    def skip_strings(self, count: int) -> None:
+        """Step over `count` length-prefixed strings; _Invalid when one runs past the end."""
+        for _ in range(count):
+            n = self.unpack("<Q")
+            if n > self.size - self.pos:
+                raise _Invalid(f"a string at byte {self.pos} is {n} bytes long, more than the file has left")
+            self.pos += n
 
 
 def _file_type(value: Any, tensors: list[TensorInfo]) -> str:

@@ -29,6 +29,9 @@ MEDIA_MESSAGES = MEDIA_PREFIX + "messages"
 MEDIA_LICENSE = MEDIA_PREFIX + "license"
 MEDIA_ADAPTER = MEDIA_PREFIX + "adapter"
 MEDIA_PROJECTOR = MEDIA_PREFIX + "projector"
+#: A smaller model with the same vocabulary that drafts tokens for the model to verify (Modelfile DRAFT);
+#: the type newer Ollama versions give their draft layer.
+MEDIA_DRAFT = MEDIA_PREFIX + "draft"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from typing import Any
 from app.errors import ModelfileError
 from app.store.parameters import DEPRECATED, PARAMETERS, ParameterError, coerce
 
-INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "license", "message")
+INSTRUCTIONS = ("from", "parameter", "template", "system", "adapter", "draft", "license", "message")
 ROLES = ("system", "user", "assistant")
 #: Instructions newer Ollama versions accept that loam has no use for yet.
-_OLLAMA_ONLY = ("draft", "renderer", "parser", "requires")
+_OLLAMA_ONLY = ("renderer", "parser", "requires")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     adapters: list[tuple[str, int]] = field(default_factory=list)
+    #: DRAFT: a model name or GGUF path that drafts tokens for this one; "" removes an inherited draft.
+    draft: str | None = None
+    draft_line: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def error(self, line: int, message: str) -> ModelfileError:
@@ -74,6 +77,8 @@ def render(modelfile: Modelfile, header: str | None = None) -> str:
     out = [f"# {line}".rstrip() for line in header.splitlines()] + [""] if header else []
     out.append(f"FROM {modelfile.base}")
     out += [f"ADAPTER {_quote(path)}" for path, _ in modelfile.adapters]
+    if modelfile.draft is not None:
+        out.append(f"DRAFT {_quote(modelfile.draft)}")
     if modelfile.template is not None:
         out.append(f"TEMPLATE {_quote(modelfile.template)}")
     if modelfile.system is not None:
@@ -199,11 +204,11 @@ def _build(instructions: list[Instruction], source: str) -> Modelfile:
     mf = Modelfile(source, froms[0].value, froms[0].line)
     seen: dict[str, int] = {}
     for ins in instructions:
-        if ins.keyword in ("template", "system"):
+        if ins.keyword in ("template", "system", "draft"):
             _note_repeat(mf, seen, ins.keyword.upper(), ins.line)
             setattr(mf, ins.keyword, ins.value)
-            if ins.keyword == "template":
-                mf.template_line = ins.line
+            if ins.keyword != "system":
+                setattr(mf, f"{ins.keyword}_line", ins.line)
         elif ins.keyword == "parameter":
             _add_parameter(mf, seen, ins)
         elif ins.keyword == "message":

@@ -10,11 +10,12 @@ from typing import Any
 
 from app import config
 from app.errors import ModelNotFound
-from app.store.blobs import BlobRef, BlobStore
+from app.store.blobs import BlobRef, BlobStore, short_digest
 from app.store.gguf_info import GGUFInfo, inspect
 from app.store.manifest import (
     MEDIA_ADAPTER,
     MEDIA_CONFIG,
+    MEDIA_DRAFT,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
@@ -41,10 +42,20 @@ class ModelDetails:
     licenses: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[Layer] = field(default_factory=list)
+    draft: Layer | None = None  # the draft model's GGUF blob (Modelfile DRAFT)
+    draft_name: str | None = None  # a stored model whose model blob that is, when one is
 
     @property
     def license(self) -> str | None:
         return "\n\n".join(self.licenses) or None
+
+    @property
+    def draft_label(self) -> str | None:
+        """The draft as `show` names it: "smollm2:135m (sha256-0123456789ab)", or its blob alone."""
+        if self.draft is None:
+            return None
+        blob = f"sha256-{short_digest(self.draft.digest)}"
+        return f"{self.draft_name} ({blob})" if self.draft_name else blob
 
 
 class Store:
@@ -83,8 +94,9 @@ class Store:
         texts = {
             media: self._text(layer)
             for layer in stored.manifest.layers
-            if (media := layer.media_type) not in (MEDIA_MODEL, MEDIA_ADAPTER, MEDIA_LICENSE)
+            if (media := layer.media_type) not in (MEDIA_MODEL, MEDIA_ADAPTER, MEDIA_LICENSE, MEDIA_DRAFT)
         }
+        draft = stored.manifest.layer(MEDIA_DRAFT)
         params = json.loads(texts[MEDIA_PARAMS]) if texts.get(MEDIA_PARAMS) else {}
         messages = json.loads(texts[MEDIA_MESSAGES]) if texts.get(MEDIA_MESSAGES) else []
         return ModelDetails(
@@ -98,7 +110,31 @@ class Store:
             ],
             messages=messages if isinstance(messages, list) else [],
             adapters=[layer for layer in stored.manifest.layers if layer.media_type == MEDIA_ADAPTER],
+            draft=draft,
+            draft_name=self._model_named(draft.digest, name) if draft else None,
         )
+
+    def draft_path(self, details: ModelDetails) -> Path | None:
+        """The GGUF a runner loads as this model's draft, or None when it has no DRAFT.
+
+        ModelNotFound when the manifest names a draft whose blob is missing or of
+        another size: loading without it would silently drop the speed-up.
+        """
+        layer = details.draft
+        if layer is None:
+            return None
+        if not self.blobs.has(layer.digest, layer.size):
+            name = details.stored.name.display
+            raise ModelNotFound(f"the draft model blob of {name} is missing; create {name} again")
+        return self.blobs.path(layer.digest)
+
+    def _model_named(self, digest: str, besides: ModelName) -> str | None:
+        """The first stored model, other than `besides`, whose model layer is the blob `digest`."""
+        for other in self.manifests.all():
+            layer = other.manifest.layer(MEDIA_MODEL)
+            if other.name != besides and layer is not None and layer.digest == digest:
+                return other.name.display
+        return None
 
     def remove(self, name: ModelName) -> list[str]:
         """Delete a model and every blob no other manifest uses; returns the blobs deleted."""
@@ -130,14 +166,17 @@ class Store:
         license: str | list[str] | None = None,
         messages: list[dict[str, str]] | None = None,
         adapters: Iterable[BlobRef] = (),
+        draft: BlobRef | None = None,
     ) -> StoredManifest:
-        """Store a manifest for a model blob plus its adapter and text layers and config blob.
+        """Store a manifest for a model blob plus its adapter, draft and text layers and config blob.
 
-        Layers go in one fixed order (model, adapters, template, system, licenses,
-        params, messages) so the same inputs always make the same manifest.
+        Layers go in one fixed order (model, adapters, draft, template, system,
+        licenses, params, messages) so the same inputs always make the same manifest.
         """
         layers = [Layer(MEDIA_MODEL, model.digest, model.size)]
         layers += [Layer(MEDIA_ADAPTER, ref.digest, ref.size) for ref in adapters]
+        if draft is not None:
+            layers.append(Layer(MEDIA_DRAFT, draft.digest, draft.size))
         licenses = [license] if isinstance(license, str) else list(license or [])
         texts = [
             (MEDIA_TEMPLATE, template),
