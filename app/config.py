@@ -84,6 +84,37 @@ def host() -> str:
     return value
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_size(text: str) -> int:
+    """A byte count written as a person would: 4GB, 512MiB, 1.5 GB, 0; ValueError otherwise."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size; write it like 4GB or 512MB") from None
+    if unit not in _SIZE_UNITS or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a size; write it like 4GB or 512MB")
+    return int(value * _SIZE_UNITS[unit])
+
+
+#: How much the disk cache of conversation states may hold unless LOAM_CACHE_DISK says otherwise.
+DEFAULT_CACHE_DISK = "4GB"
+
+
+def cache_disk_bytes() -> int:
+    """LOAM_CACHE_DISK: bytes for conversation states on disk (0 turns the disk cache off)."""
+    raw = os.environ.get("LOAM_CACHE_DISK", "").strip() or DEFAULT_CACHE_DISK
+    try:
+        return parse_size(raw)
+    except ValueError as e:
+        raise ConfigError(f"LOAM_CACHE_DISK: {e}") from None
+
+
 def keep_alive() -> str:
     """How long an idle model stays loaded (LOAM_KEEP_ALIVE, Ollama's duration syntax)."""
     return os.environ.get("LOAM_KEEP_ALIVE", "").strip() or DEFAULT_KEEP_ALIVE

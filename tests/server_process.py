@@ -42,6 +42,7 @@ class ServerProcess:
             "XDG_STATE_HOME": str(home / "state"),
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_DATA_HOME": str(home / "data"),
+            "XDG_CACHE_HOME": str(home / "cache"),  # the disk cache of conversation states is the test's own
             **env,
         }
         with self.log.open("wb") as log:

@@ -12,12 +12,15 @@ import threading
 import time
 from collections.abc import Sequence
 
+import llama_cpp
 import uvicorn
 
 from app.runner.api import build_app
+from app.runner.cache import StateCache
+from app.runner.disk_cache import DiskStates, log
 from app.runner.engine import Engine
 from app.runner.model import LoadError, Model
-from app.runner.options import parse_args
+from app.runner.options import RunnerOptions, parse_args
 from app.runner.state import RunnerState
 
 
@@ -34,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def load() -> None:
         try:
             model = Model(options, lambda p: setattr(state, "progress", p))
-            engine = Engine(model, options.cache_ram_mib << 20)
+            engine = Engine(model, state_cache(options))
             engine.start()
             state.model, state.engine = model, engine
         except LoadError as e:
@@ -45,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.should_exit = True
 
     threading.Thread(target=load, name="load", daemon=True).start()
+    # uvicorn raises a SIGTERM or SIGINT again once it has shut down; with a handler that only
+    # notes it, the slots' states are still kept below instead of lost with the process.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     if parent := os.environ.get("LOAM_RUNNER_PARENT"):
         threading.Thread(target=_exit_with_parent, args=(int(parent),), name="parent", daemon=True).start()
     server.run()
@@ -57,6 +64,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state.engine:
         state.engine.stop()
     return 0
+
+
+def state_cache(options: RunnerOptions) -> StateCache:
+    """The RAM cache of displaced conversations, with a disk tier when --cache-disk names a folder."""
+    disk = None
+    if options.cache_disk is not None and options.cache_disk_mib > 0:
+        model = options.cache_key
+        if not model:
+            st = options.model.stat()
+            model = f"{options.model.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        key = {
+            "model": model,
+            "llama_cpp": llama_cpp.__version__,
+            "kv_cache_type": options.kv_cache_type,
+            "flash_attn": options.flash_attn,
+            "lora": ",".join(str(p.resolve()) for p in options.lora),
+        }
+        try:
+            disk = DiskStates(options.cache_disk, options.cache_disk_mib << 20, key)
+        except OSError as e:
+            log(f"no disk cache: {e}")
+    return StateCache(options.cache_ram_mib << 20, disk)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -303,5 +303,12 @@ async def metrics(state: RunnerState, http: HttpRequest) -> Response:
         ("counter", "loam:state_cache_hits_total", engine.cache.hits, "saved states restored into a slot"),
         ("counter", "loam:scored_tokens_total", m["scored_tokens_total"], "tokens evaluated for /score"),
     ]
+    if disk := engine.cache.disk:
+        lines += [
+            ("gauge", "loam:disk_cache_bytes", disk.bytes, "bytes of this model's states on disk"),
+            ("gauge", "loam:disk_cache_entries", len(disk.entries), "this model's states on disk"),
+            ("counter", "loam:disk_cache_hits_total", disk.hits, "states restored from disk"),
+            ("counter", "loam:disk_cache_writes_total", disk.writes, "states written to disk"),
+        ]
     text = "".join(f"# HELP {n} {h}\n# TYPE {n} {k}\n{n} {v}\n" for k, n, v, h in lines)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

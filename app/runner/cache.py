@@ -4,21 +4,27 @@ A slot holds one conversation's KV cache. When another conversation needs the
 slot, the old one's state is copied out here (llama_state_seq_get_data); when
 it comes back, the entry with the longest common prefix is copied into a slot
 again, so its history is not evaluated twice. Least recently used entries go
-first once the byte budget is spent.
+first once the byte budget is spent; with a disk tier (app.runner.disk_cache)
+they are written there instead of lost, and so is every entry when the process
+stops.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.runner.disk_cache import DiskStates
 
 
 @dataclass(frozen=True)
 class SavedState:
-    """The KV state of a token sequence, as llama.cpp serialized it."""
+    """The KV state of a token sequence, as llama.cpp serialized it (no bytes: it is on disk)."""
 
     tokens: tuple[int, ...]
-    data: bytes
+    data: bytes = b""
 
 
 def common_prefix(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
@@ -31,10 +37,11 @@ def common_prefix(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]
 
 
 class StateCache:
-    """An LRU of saved states bounded by total bytes."""
+    """An LRU of saved states bounded by total bytes in RAM, spilling to `disk` when there is one."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, disk: DiskStates | None = None) -> None:
         self.max_bytes = max_bytes
+        self.disk = disk
         self._entries: OrderedDict[tuple[int, ...], SavedState] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -43,8 +50,16 @@ class StateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0 or self.disk is not None
+
     def put(self, state: SavedState) -> None:
-        if len(state.data) > self.max_bytes or not state.tokens:
+        if not state.tokens:
+            return
+        if len(state.data) > self.max_bytes:
+            if self.disk is not None:
+                self.disk.write(state.tokens, state.data)
             return
         # A saved state that is a prefix of this one is now redundant.
         for key in [k for k in self._entries if common_prefix(k, state.tokens) == len(k)]:
@@ -53,26 +68,41 @@ class StateCache:
         self.bytes += len(state.data)
         self.saves += 1
         while self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
+            evicted = self._drop(next(iter(self._entries)))
+            if self.disk is not None:
+                self.disk.write(evicted.tokens, evicted.data)
 
     def best(self, tokens: list[int]) -> tuple[SavedState | None, int]:
-        """The entry sharing the longest prefix with `tokens`, and that length."""
+        """The entry sharing the longest prefix with `tokens` (in RAM, else on disk), and that length."""
         best, best_n = None, 0
         for key, state in self._entries.items():
             n = common_prefix(key, tokens)
             if n > best_n:
                 best, best_n = state, n
+        if self.disk is not None:
+            entry, n = self.disk.best(tokens)
+            if entry is not None and n > best_n:
+                best, best_n = SavedState(entry.tokens), n
         return best, best_n
 
     def take(self, state: SavedState) -> bytes | None:
-        """Remove an entry that is being restored into a slot; its bytes (None if they cannot be trusted)."""
-        self._drop(state.tokens)
-        self.hits += 1
-        return state.data
+        """The bytes of an entry being restored into a slot (None if they cannot be trusted); RAM lets it go."""
+        if state.tokens in self._entries:
+            self._drop(state.tokens)
+            self.hits += 1
+            return state.data
+        data = self.disk.read(state.tokens) if self.disk is not None else None
+        self.hits += data is not None
+        return data
 
     def flush(self) -> None:
-        """The process is stopping: keep what can outlive it (nothing, for RAM alone)."""
+        """The process is stopping: every entry in RAM goes to disk, when there is a disk tier."""
+        if self.disk is None:
+            return
+        for state in list(self._entries.values()):
+            self.disk.write(state.tokens, state.data)
 
-    def _drop(self, key: tuple[int, ...]) -> None:
+    def _drop(self, key: tuple[int, ...]) -> SavedState:
         state = self._entries.pop(key)
         self.bytes -= len(state.data)
+        return state

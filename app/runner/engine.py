@@ -29,7 +29,7 @@ class Engine:
     """Slots, a request queue and the thread that decodes for them."""
 
     def __init__(self, model: Model, cache: StateCache | int) -> None:
-        """`cache`: where displaced conversations' states go (a byte budget: RAM only)."""
+        """`cache`: where displaced conversations' states go (a byte budget: RAM only, no disk tier)."""
         self.model = model
         self.slots = [Slot(i) for i in range(model.options.parallel)]
         self.cache = cache if isinstance(cache, StateCache) else StateCache(cache)
@@ -183,7 +183,7 @@ class Engine:
         return prompt[:keep] + prompt[keep + erased * block :], True
 
     def _save(self, slot: Slot) -> None:
-        if not slot.tokens or self.cache.max_bytes <= 0:
+        if not slot.tokens or not self.cache.enabled:
             return
         size = llama.llama_state_seq_get_size(self.model.ctx, slot.id)
         buf = (ctypes.c_uint8 * size)()

@@ -32,6 +32,9 @@ class RunnerOptions:
     embedding: bool = False
     verbose: bool = False
     cache_ram_mib: int = 512
+    cache_disk: Path | None = None  # a folder for states that leave RAM; None: they are dropped
+    cache_disk_mib: int = 4096
+    cache_key: str = ""  # the model's digest, naming its states on disk; else the file's path, size and mtime
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
@@ -54,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
     p.add_argument("--embedding", "--embeddings", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--cache-ram", type=int, default=512, help="MiB of RAM for saved conversation states")
+    p.add_argument("--cache-disk", type=Path, help="folder keeping conversation states that leave RAM")
+    p.add_argument("--cache-disk-size", type=int, default=4096, help="MiB the --cache-disk folder may hold in all")
+    p.add_argument("--cache-key", default="", help="the model's digest, which names its states on disk")
     a = p.parse_args(argv)
     if a.parallel < 1 or a.ctx_size < a.parallel * 16:
         p.error("--parallel must be at least 1 and --ctx-size at least 16 tokens per slot")
@@ -76,4 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         embedding=a.embedding,
         verbose=a.verbose,
         cache_ram_mib=a.cache_ram,
+        cache_disk=a.cache_disk,
+        cache_disk_mib=a.cache_disk_size,
+        cache_key=a.cache_key,
     )

@@ -63,6 +63,8 @@ def settings_from_env(cfg: dict[str, Any]) -> Settings:
         kv_cache_type=os.environ.get("LOAM_KV_CACHE_TYPE") or server.get("kv_cache_type") or "f16",
         llama_server=Path(llama_server).expanduser() if isinstance(llama_server, str) and llama_server else None,
         log_dir=config.paths().logs,
+        state_dir=config.paths().cache / "states",
+        state_dir_bytes=config.cache_disk_bytes(),
     )
 
 

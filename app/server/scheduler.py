@@ -57,6 +57,8 @@ class Settings:
     llama_server: Path | None = None  # config.toml [runner] llama_server: used when loam's runner cannot drive the GPUs
     log_dir: Path = Path(".")
     runner_timeout: float = field(default_factory=runner_timeout_from_env)  # the no-progress watchdog; 0 is off
+    state_dir: Path | None = None  # where loam's runners keep conversation states past RAM (None: nowhere)
+    state_dir_bytes: int = 0  # LOAM_CACHE_DISK: what that folder may hold in all
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,9 @@ class Scheduler:
             args += ["--lora", str(adapter)]
         if command.llama_server is None:
             args.append("--embedding")  # loam's runner serves completions and embeddings from one context
+            if self.settings.state_dir is not None and self.settings.state_dir_bytes >> 20 > 0:
+                args += ["--cache-disk", str(self.settings.state_dir), "--cache-key", req.model.name]  # sha256-...
+                args += ["--cache-disk-size", str(self.settings.state_dir_bytes >> 20)]
         return Runner(command, req.model, args, self.settings.log_dir, self.settings.runner_timeout)
 
     def _command(self, inventory: Inventory) -> RunnerCommand:
