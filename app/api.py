@@ -329,6 +329,8 @@ class Stats(Wire):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    draft_count: int = 0  # loam's: prompt-lookup tokens verified, sent only when there were some
+    draft_accepted_count: int = 0
 
 
 class ChatChunk(Stats):

@@ -18,6 +18,8 @@ FIELDS = (
     "prompt_eval_duration",
     "eval_count",
     "eval_duration",
+    "draft_count",
+    "draft_accepted_count",
 )
 
 
@@ -31,6 +33,8 @@ class Stats:
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    draft_count: int = 0  # loam's: tokens guessed by prompt lookup (0 from other servers)
+    draft_accepted_count: int = 0
 
     @classmethod
     def from_response(cls, final: dict[str, Any]) -> Stats:
@@ -88,7 +92,7 @@ def _fraction(value: int, unit: int) -> str:
 
 
 def verbose_lines(stats: Stats) -> list[str]:
-    """The eight lines `ollama run --verbose` prints after an answer."""
+    """The eight lines `ollama run --verbose` prints after an answer, and a ninth when drafts were verified."""
     return [
         f"total duration:       {go_duration(stats.total_duration)}",
         f"load duration:        {go_duration(stats.load_duration)}",
@@ -98,7 +102,12 @@ def verbose_lines(stats: Stats) -> list[str]:
         f"eval count:           {stats.eval_count} token(s)",
         f"eval duration:        {go_duration(stats.eval_duration)}",
         f"eval rate:            {stats.eval_rate:.2f} tokens/s",
-    ]
+    ] + ([draft_line(stats)] if stats.draft_count else [])
+
+
+def draft_line(stats: Stats) -> str:
+    """How speculative decoding fared: `drafted N, accepted M`."""
+    return f"speculative:          drafted {stats.draft_count}, accepted {stats.draft_accepted_count}"
 
 
 def short_duration(ns: int) -> str:

@@ -46,6 +46,7 @@ class Home:
             "LOAM_HOST": self.host,
             "LOAM_MODELS": str(models),
             "XDG_STATE_HOME": str(root / "state"),
+            "XDG_CACHE_HOME": str(root / "cache"),
             "XDG_CONFIG_HOME": str(root / "config"),
             "XDG_DATA_HOME": str(root / "data"),
         }

@@ -57,6 +57,7 @@ def env_for(server: ServerProcess, home: Path) -> dict[str, str]:
         "LOAM_MODELS": server.env["LOAM_MODELS"],
         "XDG_DATA_HOME": str(home / "data"),
         "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CACHE_HOME": str(home / "cache"),
         "XDG_CONFIG_HOME": str(home / "config"),
     }
 

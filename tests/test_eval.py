@@ -214,6 +214,7 @@ def ladder(smollm2_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "XDG_CONFIG_HOME": str(smollm2_store.parent / "config"),
         "XDG_DATA_HOME": str(home / "data"),
         "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CACHE_HOME": str(home / "cache"),
         "LOAM_MODELS": str(home / "models"),
     }
     blob = Store(smollm2_store).model_path(ModelName.parse("smollm2:135m"))

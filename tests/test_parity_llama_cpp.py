@@ -40,6 +40,7 @@ def smollm2(smollm2_store: Path) -> tuple[Path, dict[str, str]]:
         "XDG_CONFIG_HOME": str(smollm2_store.parent / "config"),
         "XDG_DATA_HOME": str(smollm2_store.parent / "data"),
         "XDG_STATE_HOME": str(smollm2_store.parent / "state"),
+        "XDG_CACHE_HOME": str(smollm2_store.parent / "cache"),
         "LOAM_MODELS": str(smollm2_store),
     }
     return Store(smollm2_store).model_path(ModelName.parse("smollm2:135m")), env

@@ -248,6 +248,7 @@ def ask_env(server: ServerProcess, tmp_path: Path, config_toml: str = "") -> dic
         "LOAM_HOST": server.host,
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
         "XDG_DATA_HOME": str(tmp_path / "data"),
     }
 

@@ -5,6 +5,10 @@ into free slots (choosing the slot, or a saved state, with the longest common
 prefix), builds one batch holding the next token of every generating slot plus
 prompt chunks of slots still reading, decodes it, samples every slot that has
 logits, and hands each new piece of text to its request at once.
+
+A generating slot's next token may bring a draft behind it (app.runner.lookup):
+tokens guessed from where the text repeats itself, decoded in the same batch
+and kept as far as the model, sampling each position in turn, agrees with them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import deque
 import llama_cpp as llama
 
 from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.lookup import PromptLookup
 from app.runner.model import Model
 from app.runner.sampling import Sampler
 from app.runner.scoring import ScoreJob, token_probs
@@ -43,6 +48,7 @@ class Engine:
         self._scoring: list[tuple[Request, ScoreJob, list[Slot]]] = []  # jobs in progress, their slots
         self.metrics = {"prompt_tokens_total": 0, "tokens_predicted_total": 0, "n_decode_total": 0}
         self.metrics["scored_tokens_total"] = 0
+        self.metrics["draft_tokens_total"] = self.metrics["draft_accepted_total"] = 0
         self.metrics_seconds = {"prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0}
 
     # -- called from any thread ---------------------------------------
@@ -151,7 +157,11 @@ class Engine:
         )
         for token in prompt[max(0, len(prompt) - params.repeat_last_n) :] if sampler.penalized else ():
             sampler.accept(token)
-        slot.start(request, sampler, n_cached, truncated)
+        options = self.model.options
+        n_max = options.draft_max if params.draft_max < 0 else min(params.draft_max, options.draft_max)
+        n_min = options.draft_min if params.draft_min < 0 else max(params.draft_min, 1)
+        lookup = PromptLookup(n_max, n_min, prompt if n_max > 0 else [])
+        slot.start(request, sampler, n_cached, truncated, lookup)
 
     def _pick_slot(self, prompt: list[int], free: list[Slot], use_cache: bool) -> tuple[Slot, int]:
         """The free slot to use and how many prompt tokens it already holds.
@@ -222,20 +232,24 @@ class Engine:
                 self._fail(slot, f"llama_decode failed ({rc})")
             return
         elapsed = time.perf_counter() - started
-        for slot, index in outputs:
-            self._sample(slot, index)
-        self._account(n_gen, batch.n_tokens - n_gen, elapsed)
+        predicted = sum(self._sample(slot, index) for slot, index in outputs)
+        self._account(predicted, n_gen, batch.n_tokens - n_gen, elapsed)
 
     def _build_batch(self) -> tuple[llama.llama_batch, list[tuple[Slot, int]], int]:
-        """The batch, the (slot, batch index) pairs to sample, and how many tokens are generated ones."""
+        """The batch, the (slot, batch index) pairs to sample, and how many tokens are generated ones (drafts too)."""
         batch = self._batch
         batch.n_tokens = 0
         outputs: list[tuple[Slot, int]] = []
-        for slot in self.slots:
-            if slot.busy and slot.next_token is not None and self._make_room(slot):
-                token, slot.next_token = slot.next_token, None
-                outputs.append((slot, self._add(slot, token, True)))
-        n_gen = len(outputs)
+        generating = [s for s in self.slots if s.busy and s.next_token is not None]
+        for i, slot in enumerate(generating):
+            if not self._make_room(slot):
+                continue
+            token, slot.next_token = slot.next_token, None
+            outputs.append((slot, self._add(slot, token, True)))
+            slot.drafts = self._draft(slot, token, len(generating) - i - 1)
+            for draft in slot.drafts:
+                self._add(slot, draft, True)
+        n_gen = batch.n_tokens
         reading = [s for s in self.slots if s.busy and s.pending]
         for i, slot in enumerate(reading):
             budget = (self.batch_size - batch.n_tokens) // (len(reading) - i)
@@ -248,6 +262,20 @@ class Engine:
             if not slot.pending:
                 outputs.append((slot, index))
         return batch, outputs, n_gen
+
+    def _draft(self, slot: Slot, token: int, others: int) -> list[int]:
+        """Tokens guessed to follow `token`, bounded by the slot's context, the token limit and the batch's room."""
+        lookup, request = slot.lookup, slot.request
+        assert lookup is not None and request is not None
+        if lookup.n_max <= 0:
+            return []
+        lookup.extend([token])
+        room = min(
+            self.model.n_ctx_slot - slot.n_past,
+            self.batch_size - self._batch.n_tokens - others,  # each generating slot after this one needs a place
+            request.params.n_predict - slot.n_decoded - 1 if request.params.n_predict >= 0 else self.batch_size,
+        )
+        return lookup.draft(room)
 
     def _add(self, slot: Slot, token: int, logits: bool) -> int:
         b = self._batch
@@ -275,7 +303,27 @@ class Engine:
         slot.truncated = True
         return True
 
-    def _sample(self, slot: Slot, index: int) -> None:
+    def _sample(self, slot: Slot, index: int) -> int:
+        """Sample the slot's token at batch `index`, then along its draft while the draft agrees; how many came."""
+        drafts, lookup = slot.drafts, slot.lookup
+        slot.drafts = []
+        token, n = self._take(slot, index), 1
+        accepted = 0
+        while token is not None and accepted < len(drafts) and token == drafts[accepted]:
+            accepted += 1
+            token, n = self._take(slot, index + accepted), n + 1
+        if drafts:
+            self._trim(slot, slot.n_past - len(drafts) + accepted)  # the refused guesses leave the KV cache
+            assert lookup is not None
+            lookup.verified(len(drafts), accepted)
+            lookup.extend(drafts[:accepted])
+            self.metrics["draft_tokens_total"] += len(drafts)
+            self.metrics["draft_accepted_total"] += accepted
+        slot.next_token = token
+        return n
+
+    def _take(self, slot: Slot, index: int) -> int | None:
+        """Sample at batch `index` and hand the text on; the token, or None when the reply ended there."""
         request, sampler, text = slot.request, slot.sampler, slot.text
         assert request is not None and sampler is not None and text is not None
         if not slot.prompt_done:
@@ -287,11 +335,11 @@ class Engine:
             probs = token_probs(self.model.ctx, index, self.model.n_vocab, token, request.params.n_probs, self._piece)
         if self.model.is_eog(token) and not request.params.ignore_eos:
             self._finish(slot, "eos")
-            return
+            return None
         content = text.feed(self.model.piece(token))
         if text.stopped_by is not None:
             self._finish(slot, "word", content)
-            return
+            return None
         if request.stream:
             chunk: Chunk = {"content": content, "tokens": [token], "stop": False, "id_slot": slot.id}
             if probs is not None:
@@ -305,8 +353,8 @@ class Engine:
         n_predict = request.params.n_predict
         if 0 <= n_predict <= slot.n_decoded:
             self._finish(slot, "limit")
-            return
-        slot.next_token = token
+            return None
+        return token
 
     def _finish(self, slot: Slot, stop_type: str, content: str = "") -> None:
         request, text = slot.request, slot.text
@@ -338,9 +386,9 @@ class Engine:
         if request:
             request.emit({"error": message, "stop": True})
 
-    def _account(self, n_gen: int, n_prompt: int, elapsed: float) -> None:
+    def _account(self, predicted: int, n_gen: int, n_prompt: int, elapsed: float) -> None:
         """Counters for /metrics; a mixed batch's time counts toward both kinds of work."""
-        self.metrics["tokens_predicted_total"] += n_gen
+        self.metrics["tokens_predicted_total"] += predicted
         self.metrics["prompt_tokens_total"] += n_prompt
         if n_gen:
             self.metrics_seconds["tokens_predicted_seconds_total"] += elapsed

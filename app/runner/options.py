@@ -34,6 +34,8 @@ class RunnerOptions:
     cache_ram_mib: int = 512
     cache_disk: Path | None = None  # a folder for states that leave RAM; None: they are dropped
     cache_disk_mib: int = 4096
+    draft_max: int = 16  # prompt-lookup drafting: the most tokens a draft proposes (0: off)
+    draft_min: int = 1
     cache_key: str = ""  # the model's digest, naming its states on disk; else the file's path, size and mtime
 
 
@@ -57,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
     p.add_argument("--embedding", "--embeddings", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--cache-ram", type=int, default=512, help="MiB of RAM for saved conversation states")
+    p.add_argument("--draft-max", "--draft", "--draft-n", type=int, default=16, help="most drafted tokens; 0: off")
+    p.add_argument("--draft-min", "--draft-n-min", type=int, default=1, help="no draft shorter than this")
     p.add_argument("--cache-disk", type=Path, help="folder keeping conversation states that leave RAM")
     p.add_argument("--cache-disk-size", type=int, default=4096, help="MiB the --cache-disk folder may hold in all")
     p.add_argument("--cache-key", default="", help="the model's digest, which names its states on disk")
@@ -85,4 +89,6 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         cache_disk=a.cache_disk,
         cache_disk_mib=a.cache_disk_size,
         cache_key=a.cache_key,
+        draft_max=max(0, min(a.draft_max, 64)),
+        draft_min=max(1, a.draft_min),
     )

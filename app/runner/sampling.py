@@ -14,6 +14,10 @@ import llama_cpp as llama
 
 #: Most top entries per token: each is kept for the whole answer of a non-streamed request.
 MAX_N_PROBS = 100
+#: Most tokens one speculative draft may propose.
+MAX_DRAFT = 64
+#: llama-server's names for fields that are not Python names.
+_ALIASES = {"speculative.n_max": "draft_max", "speculative.n_min": "draft_min"}
 
 
 @dataclass
@@ -40,11 +44,14 @@ class SamplingParams:
     grammar_lazy: bool = False  # the grammar binds only once a trigger has appeared in the output
     grammar_triggers: list[Any] = field(default_factory=list)  # [{type: word|pattern|pattern_full, value}]
     n_probs: int = 0  # > 0: each token's top n raw-logit logprobs (llama-server's completion_probabilities)
+    draft_max: int = -1  # llama-server's speculative.n_max: most drafted tokens a step (-1: the runner's --draft-max)
+    draft_min: int = -1  # speculative.n_min: no draft shorter than this (-1: the runner's --draft-min)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> SamplingParams:
         """Known fields taken from a request body and checked; ValueError names a bad one."""
         params = cls()
+        body = {_ALIASES.get(k, k): v for k, v in body.items()}
         for f in fields(cls):
             if f.name not in body or body[f.name] is None:
                 continue
@@ -62,6 +69,8 @@ class SamplingParams:
             elif f.type == "str" and not isinstance(value, str):
                 raise ValueError(f"{f.name} must be a string")
             setattr(params, f.name, value)
+        if params.draft_max > MAX_DRAFT or params.draft_min > MAX_DRAFT:
+            raise ValueError(f"speculative.n_max and n_min are at most {MAX_DRAFT}")
         if "max_tokens" in body and "n_predict" not in body:
             params.n_predict = int(body["max_tokens"])
         if not 0 <= params.n_probs <= MAX_N_PROBS or params.n_probs != body.get("n_probs", 0):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.runner.lookup import PromptLookup
 from app.runner.sampling import Sampler, SamplingParams
 from app.runner.text import TextStream
 
@@ -53,6 +54,8 @@ class Slot:
     # Per request:
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next_token: int | None = None  # sampled, not yet in the KV cache
+    drafts: list[int] = field(default_factory=list)  # guessed tokens in the batch after next_token, to verify
+    lookup: PromptLookup | None = None  # where drafts come from
     sampler: Sampler | None = None
     text: TextStream | None = None
     n_prompt: int = 0
@@ -70,9 +73,10 @@ class Slot:
     def busy(self) -> bool:
         return self.request is not None
 
-    def start(self, request: Request, sampler: Sampler, n_cached: int, truncated: bool) -> None:
+    def start(self, request: Request, sampler: Sampler, n_cached: int, truncated: bool, lookup: PromptLookup) -> None:
         self.request = request
         self.sampler = sampler
+        self.lookup = lookup
         self.text = TextStream(request.params.stop)
         self.pending = request.prompt[n_cached:]
         self.next_token = None
@@ -85,6 +89,7 @@ class Slot:
         if self.sampler:
             self.sampler.close()
         self.request, self.sampler, self.text, self.pending, self.next_token = None, None, None, [], None
+        self.drafts, self.lookup = [], None
         self.last_used = time.perf_counter()
 
     def timings(self, now: float) -> dict[str, float | int]:
@@ -102,6 +107,8 @@ class Slot:
             "predicted_ms": predicted_ms,
             "predicted_per_token_ms": predicted_ms / self.n_decoded if self.n_decoded else 0.0,
             "predicted_per_second": self.n_decoded / predicted_ms * 1000 if predicted_ms > 0 else 0.0,
+            "draft_n": self.lookup.drafted if self.lookup else 0,
+            "draft_n_accepted": self.lookup.accepted if self.lookup else 0,
         }
 
     def describe(self) -> dict[str, Any]:

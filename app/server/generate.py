@@ -82,6 +82,8 @@ class Done:
     prompt_tokens: int = 0  # the whole prompt, cached tokens included
     eval_count: int = 0
     eval: float = 0.0
+    draft_count: int = 0  # tokens guessed by prompt lookup and verified in batches
+    draft_accepted_count: int = 0  # of those, the ones the model agreed with
     context: list[int] = field(default_factory=list)
     #: The runner's per-token entries not yet sent with a Piece (all of them, after `gather`).
     logprobs: list[dict[str, Any]] = field(default_factory=list)
@@ -90,8 +92,9 @@ class Done:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
     def figures(self) -> dict[str, int]:
+        """Ollama's figures, plus loam's draft counts when the reply was drafted."""
         ns = lambda s: int(round(s * 1e9))  # noqa: E731
-        return {
+        out = {
             "total_duration": ns(self.total),
             "load_duration": ns(self.load),
             "prompt_eval_count": self.prompt_eval_count,
@@ -99,6 +102,9 @@ class Done:
             "eval_count": self.eval_count,
             "eval_duration": ns(self.eval),
         }
+        if self.draft_count:
+            out |= {"draft_count": self.draft_count, "draft_accepted_count": self.draft_accepted_count}
+        return out
 
 
 @dataclass
@@ -351,6 +357,8 @@ class Generator:
             prompt_eval=float(t.get("prompt_ms", 0.0)) / 1000,
             eval_count=int(t.get("predicted_n", 0)),
             eval=float(t.get("predicted_ms", 0.0)) / 1000,
+            draft_count=int(t.get("draft_n", 0)),
+            draft_accepted_count=int(t.get("draft_n_accepted", 0)),
             context=tokens,
             stop_word=str(final.get("stopping_word") or "") if final.get("stop_type") == "word" else "",
         )

@@ -224,6 +224,8 @@ class StatsPanel(Vertical):
             ("eval time", short_duration(stats.eval_duration)),
             ("eval rate", f"{stats.eval_rate:.1f} tok/s"),
         ]
+        if stats.draft_count:
+            rows.append(("drafted", f"{stats.draft_count}, accepted {stats.draft_accepted_count}"))
         return "\n".join(f"{name:<14}{value:>18}" for name, value in rows)
 
     def show_live(self, rate: float, pieces: int) -> None:
