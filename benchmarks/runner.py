@@ -1,14 +1,19 @@
-"""The runner's speed against llama-cpp-python's `Llama` in-process (and llama-server, given its path).
+"""The runner against llama-server of the same llama.cpp, side by side in one run.
 
-    python -m benchmarks.runner --model PATH [--threads 2] [--runs 3] [--llama-server PATH]
+    python -m benchmarks.runner --model PATH --llama-server PATH [--threads 2] [--rounds 3]
 
-Same model, same threads, greedy decoding of the same tokens (end-of-generation
-tokens banned so every run makes --tokens tokens). Measured:
-  prompt tok/s     a ~200-token prompt, evaluated from scratch
-  decode tok/s     one stream, from its first token to its last
-  aggregate tok/s  N concurrent streams on a --parallel 8 runner: all tokens / wall time
-Prints medians and ratios: prompt and decode against Llama (measured interleaved
-with the runner), aggregates against one stream measured in the same run.
+Both servers are started with the same flags (context, slots, threads) and get
+the same requests, rounds interleaved and their order alternating, so drift in
+the machine's speed hits both alike. Measured, as a client sees it:
+
+  generation, 1 stream     tok/s from the first token to the last (128 tokens, end tokens ignored)
+  TTFT, 1 stream           request sent to first token, a 20-word prompt
+  aggregate, 4 streams     all tokens / wall time, 4 concurrent requests on 4 slots
+  mean TTFT, 4 at once     4 requests of ~200 unique prompt tokens sent together, 4 slots
+
+Prints the median of each and loam's ratio to llama-server (higher is better
+for tok/s, lower for times). loam's runner runs as shipped: prompt-lookup
+drafting is on (it rarely fires on these prompts); `--no-draft` turns it off.
 """
 
 from __future__ import annotations
@@ -16,143 +21,115 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.runner_process import RunnerProcess
 
-STREAMS = (1, 2, 4, 8)
-PROMPT = (
-    "The history of bread begins in the Neolithic era, when people first ground grains into flour and "
-    "mixed it with water. Over thousands of years, bakers in Egypt, Greece and Rome refined the craft: "
-    "they learned to use wild yeasts, built ovens of clay and stone, and traded recipes along the roads "
-    "of their empires. In medieval Europe, guilds controlled who could bake and sell bread, and the price "
-    "of a loaf was fixed by law in many towns. The industrial revolution brought roller mills, which made "
-    "white flour cheap, and later factories that baked sliced bread by the million. Today, small bakeries "
-    "are returning to slow fermentation, and many people bake sourdough at home. Tell the story again, "
-    "in your own words, with more detail about each period:"
-)
+SHORT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle on the shore one day"
+TOPICS = ("bread", "the sea", "mountains", "clocks", "trains", "bees", "glass", "paper")
 
 
-class Baseline:
-    """llama-cpp-python's Llama in this process, generating greedily."""
-
-    def __init__(self, model: Path, threads: int) -> None:
-        import llama_cpp
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self.bias = {t: -float("inf") for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-        self.n_prompt = len(self.llm.tokenize(PROMPT.encode(), special=True))
-
-    def measure(self, n_tokens: int) -> tuple[float, float]:
-        """(prompt tok/s, decode tok/s), timed like the runner's timings: to the first token, then on."""
-        self.llm.reset()
-        start = time.perf_counter()
-        first = last = 0.0
-        count = 0
-        for _ in self.llm.create_completion(
-            PROMPT, max_tokens=n_tokens, temperature=0, stream=True, logit_bias=self.bias
-        ):
-            last = time.perf_counter()
-            first = first or last
-            count += 1
-        return self.n_prompt / (first - start), (count - 1) / (last - first)
+def long_prompt(i: int, salt: int) -> str:
+    """About 200 tokens, unique per request and round, so no server can serve it from its cache."""
+    words = " ".join(f"{TOPICS[(i + k) % len(TOPICS)]}{salt}x{k}" for k in range(60))
+    return f"Request {salt}-{i}. Summarize these notes about {TOPICS[i % len(TOPICS)]}: {words}."
 
 
-class BaselineProcess:
-    """The baseline in a child process of its own, as the runner is: two ggml thread pools in one
-    process spin against each other and slow both several-fold, so neither may share this one."""
-
-    def __init__(self, model: Path, threads: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.runner", "--baseline-worker", "--model", str(model),
-             "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-
-    def measure(self, n_tokens: int) -> tuple[float, float]:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(f"{n_tokens}\n")
-        self.proc.stdin.flush()
-        prompt, decode = json.loads(self.proc.stdout.readline())
-        return prompt, decode
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait()
+def stream(url: str, prompt: str, n_predict: int) -> tuple[float, float, int]:
+    """One streamed greedy completion: (seconds to first token, seconds from first to last, tokens)."""
+    body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "ignore_eos": True}
+    body |= {"cache_prompt": False, "stream": True}
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    headers = {"Accept": "text/event-stream"}
+    with httpx.stream("POST", url + "/completion", json=body, headers=headers, timeout=None) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("content") or chunk.get("tokens"):
+                last = time.perf_counter()
+                first = first or last
+                count += len(chunk.get("tokens") or [0])
+            if chunk.get("stop"):
+                break
+    return first - start, last - first, count
 
 
-def baseline_worker(model: Path, threads: int) -> None:
-    base = Baseline(model, threads)
-    for line in sys.stdin:
-        print(json.dumps(base.measure(int(line))), flush=True)
-
-
-def runner_single(url: str, n_tokens: int) -> tuple[float, float]:
-    body = {"prompt": PROMPT, "n_predict": n_tokens, "temperature": 0, "ignore_eos": True, "cache_prompt": False}
-    t = httpx.post(url + "/completion", json=body, timeout=None).json()["timings"]
-    return t["prompt_per_second"], t["predicted_per_second"]
-
-
-def aggregate(url: str, streams: int, n_tokens: int) -> float:
-    """Tokens per second over `streams` concurrent greedy completions of short prompts."""
-    counts = [0] * streams
+def together(n: int, fn: Callable[[int], tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """`fn(i)` for i in range(n), all at once; their results."""
+    out: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * n
 
     def one(i: int) -> None:
-        body = {"prompt": f"Story number {i}: once upon a time", "n_predict": n_tokens, "temperature": 0}
-        body |= {"ignore_eos": True, "cache_prompt": False}
-        counts[i] = httpx.post(url + "/completion", json=body, timeout=None).json()["tokens_predicted"]
+        out[i] = fn(i)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    start = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - start)
+    return out
+
+
+def measure_single(url: str, salt: int) -> dict[str, float]:
+    ttft, _, _ = stream(url, f"{salt}. {SHORT}", 8)
+    _, gen, count = stream(url, f"{salt + 1}. {SHORT}", 128)
+    return {"gen": (count - 1) / gen, "ttft": ttft}
+
+
+def measure_four(url: str, salt: int) -> dict[str, float]:
+    start = time.perf_counter()
+    results = together(4, lambda i: stream(url, f"{salt}-{i}. {SHORT}", 128))
+    aggregate = sum(r[2] for r in results) / (time.perf_counter() - start)
+    firsts = together(4, lambda i: stream(url, long_prompt(i, salt), 4))
+    return {"agg4": aggregate, "ttft4": statistics.mean(r[0] for r in firsts)}
+
+
+FIGURES = (
+    ("gen", "generation, 1 stream", "tok/s", True),
+    ("ttft", "time to first token, 1 stream", "ms", False),
+    ("agg4", "aggregate generation, 4 streams", "tok/s", True),
+    ("ttft4", "mean time to first token, 4 at once", "ms", False),
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--llama-server", type=Path, required=True, help="llama-server built from the same llama.cpp")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--llama-server", type=Path, help="a llama-server binary to measure as well")
-    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-draft", action="store_true", help="run loam's runner with --draft-max 0")
     args = parser.parse_args()
-    if args.baseline_worker:
-        baseline_worker(args.model, args.threads)
-        return
-    flags = ("--ctx-size", "2048", "--parallel", "1", "--threads", str(args.threads))  # as the baseline's
-    batched = ("--ctx-size", "8192", "--parallel", "8", "--threads", str(args.threads))
-
-    base = BaselineProcess(args.model, args.threads)
-    servers = [("loam runner", None)] + ([("llama-server", args.llama_server)] if args.llama_server else [])
-    for label, binary in servers:
-        with RunnerProcess(args.model, *flags, executable=binary) as runner:
-            # Interleaved, so drift in the machine's speed hits both sides alike.
-            pairs = [(base.measure(args.tokens), runner_single(runner.url, args.tokens)) for _ in range(args.runs)]
-            bp, bd = (statistics.median(p[0][i] for p in pairs) for i in (0, 1))
-            rp, rd = (statistics.median(p[1][i] for p in pairs) for i in (0, 1))
-            print(f"Llama in-process   prompt {bp:7.1f} tok/s   decode {bd:6.1f} tok/s")
-            print(f"{label:<18} prompt {rp:7.1f} tok/s ({rp / bp:.2f}x)   decode {rd:6.1f} tok/s ({rd / bd:.2f}x)")
-        with RunnerProcess(args.model, *batched, executable=binary) as runner:
-            # Each run measures every stream count in turn; ratios are taken within a run.
-            runs = [{n: aggregate(runner.url, n, args.tokens) for n in STREAMS} for _ in range(args.runs)]
-            for n in STREAMS:
-                agg = statistics.median(run[n] for run in runs)
-                ratio = statistics.median(run[n] / run[1] for run in runs)
-                print(f"{label:<18} {n} streams: {agg:6.1f} tok/s aggregate ({ratio:.2f}x of 1 stream)")
-    base.close()
+    threads = ("--threads", str(args.threads))
+    loam_extra = ("--draft-max", "0") if args.no_draft else ()
+    results: dict[str, dict[str, list[float]]] = {"loam": {}, "llama-server": {}}
+    for slots, ctx, measure in ((1, 2048, measure_single), (4, 8192, measure_four)):
+        flags = ("--ctx-size", str(ctx), "--parallel", str(slots), *threads)
+        with (
+            RunnerProcess(args.model, *flags, *loam_extra) as loam,
+            RunnerProcess(args.model, *flags, executable=args.llama_server) as server,
+        ):
+            sides = [("loam", loam.url), ("llama-server", server.url)]
+            for rnd in range(args.rounds):
+                for label, url in sides if rnd % 2 == 0 else sides[::-1]:
+                    for key, value in measure(url, 1000 * rnd + 7).items():
+                        results[label].setdefault(key, []).append(value)
+    print(f"{'':<38}{'loam':>12}{'llama-server':>14}{'ratio':>9}")
+    for key, name, unit, higher in FIGURES:
+        ours, theirs = (statistics.median(results[side][key]) for side in ("loam", "llama-server"))
+        scale = 1000 if unit == "ms" else 1
+        better = "higher is better" if higher else "lower is better"
+        print(
+            f"{name:<38}{ours * scale:>8.1f} {unit:<5}{theirs * scale:>8.1f} {unit:<5}"
+            f"{ours / theirs:>6.2f}x  ({better})"
+        )
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ class Slot:
         prompt_ms = ((self.prompt_done or now) - self.started) * 1000
         predicted_ms = (now - self.prompt_done) * 1000 if self.prompt_done else 0.0
         prompt_n = self.n_prompt - self.n_cached
+        queued = self.request.queued_at if self.request else self.started
         return {
+            "queue_ms": max(0.0, (self.started - queued) * 1000),  # waiting for a free slot, before prompt_ms
             "cache_n": self.n_cached,
             "prompt_n": prompt_n,
             "prompt_ms": prompt_ms,
