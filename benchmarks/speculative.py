@@ -1,6 +1,7 @@
-"""Prompt-lookup drafting against plain decoding, in the same run.
+"""Speculative decoding against plain decoding, in the same run.
 
     python -m benchmarks.speculative --model PATH [--threads 2] [--runs 5] [--tokens 256]
+    python -m benchmarks.speculative --model F16.gguf --draft Q4_1.gguf [--draft-max 8]
 
 Two runners of the same model, one with drafting (`--draft-max 16`, the
 default) and one without (`--draft-max 0`), answer the same greedy requests in
@@ -8,7 +9,9 @@ turn. Two prompts: a ~300-token text to rewrite with one word changed (the
 reply copies its prompt, so drafts come true), and an unrelated one (a story:
 little to copy, so drafting must cost next to nothing). Prints the median
 generation tok/s of each, their ratio, what was drafted and accepted, and
-whether the two texts are identical, as greedy decoding requires.
+whether the two texts are identical, as greedy decoding requires. With
+`--draft PATH` the drafting runner guesses with that draft model instead of
+prompt lookup (`--model-draft`), and a plain question is added.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ TEXT = (
 REWRITE = (
     "<|im_start|>user\nRewrite the following text word for word, changing only 'Neolithic' to 'Stone Age':\n\n"
     f"{TEXT}<|im_end|>\n<|im_start|>assistant\n"
+)
+QUESTION = (
+    "<|im_start|>user\nWhat is the capital of France? Answer in two sentences.<|im_end|>\n<|im_start|>assistant\n"
 )
 UNRELATED = (
     "<|im_start|>user\nWrite a long story about a dragon who learns to play the violin.<|im_end|>\n"
@@ -78,11 +84,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--draft", type=Path, help="a draft model: guess with it instead of prompt lookup")
+    parser.add_argument("--draft-max", type=int, default=16)
     args = parser.parse_args()
     flags = ("--ctx-size", "2048", "--threads", str(args.threads))
+    drafting = ("--draft-max", str(args.draft_max)) + (("--model-draft", str(args.draft)) if args.draft else ())
+    prompts = [("rewrite", REWRITE), ("unrelated", UNRELATED)] + ([("question", QUESTION)] if args.draft else [])
     with RunnerProcess(args.model, *flags, "--draft-max", "0") as plain:
-        with RunnerProcess(args.model, *flags, "--draft-max", "16") as drafted:
-            for label, prompt in (("rewrite", REWRITE), ("unrelated", UNRELATED)):
+        with RunnerProcess(args.model, *flags, *drafting) as drafted:
+            for label, prompt in prompts:
                 r = compare(plain, drafted, prompt, args.runs, args.tokens)
                 print(
                     f"{label:<10} plain {r['plain']:6.1f} tok/s   drafted {r['drafted']:6.1f} tok/s   "

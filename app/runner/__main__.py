@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import llama_cpp
 import uvicorn
@@ -18,6 +19,7 @@ import uvicorn
 from app.runner.api import build_app
 from app.runner.cache import StateCache
 from app.runner.disk_cache import DiskStates, log
+from app.runner.draft import Drafter
 from app.runner.engine import Engine
 from app.runner.model import LoadError, Model
 from app.runner.options import RunnerOptions, parse_args
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def load() -> None:
         try:
             model = Model(options, lambda p: setattr(state, "progress", p))
-            engine = Engine(model, state_cache(options))
+            engine = Engine(model, state_cache(options), drafter(options, model))
             engine.start()
             state.model, state.engine = model, engine
         except LoadError as e:
@@ -64,6 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state.engine:
         state.engine.stop()
     return 0
+
+
+def drafter(options: RunnerOptions, model: Model) -> Drafter | None:
+    """The --model-draft model, loaded with the model's context and slots; LoadError if it cannot pair."""
+    if options.model_draft is None:
+        return None
+    draft = Model(replace(options, model=options.model_draft, lora=[], embedding=False))
+    try:
+        return Drafter(draft, model)
+    except LoadError:
+        draft.close()
+        raise
 
 
 def state_cache(options: RunnerOptions) -> StateCache:

@@ -6,9 +6,10 @@ prefix), builds one batch holding the next token of every generating slot plus
 prompt chunks of slots still reading, decodes it, samples every slot that has
 logits, and hands each new piece of text to its request at once.
 
-A generating slot's next token may bring a draft behind it (app.runner.lookup):
-tokens guessed from where the text repeats itself, decoded in the same batch
-and kept as far as the model, sampling each position in turn, agrees with them.
+A generating slot's next token may bring a draft behind it: tokens guessed by a
+draft model (app.runner.draft) or from where the text repeats itself
+(app.runner.lookup), decoded in the same batch and kept as far as the model,
+sampling each position in turn, agrees with them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections import deque
 import llama_cpp as llama
 
 from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.draft import Drafter
 from app.runner.lookup import PromptLookup
 from app.runner.model import Model
 from app.runner.sampling import Sampler
@@ -33,9 +35,11 @@ from app.runner.slot import Chunk, Request, Slot
 class Engine:
     """Slots, a request queue and the thread that decodes for them."""
 
-    def __init__(self, model: Model, cache: StateCache | int) -> None:
-        """`cache`: where displaced conversations' states go (a byte budget: RAM only, no disk tier)."""
+    def __init__(self, model: Model, cache: StateCache | int, drafter: Drafter | None = None) -> None:
+        """`cache`: where displaced conversations' states go (a byte budget: RAM only, no disk tier);
+        `drafter`: a draft model that guesses tokens, instead of prompt lookup."""
         self.model = model
+        self.drafter = drafter
         self.slots = [Slot(i) for i in range(model.options.parallel)]
         self.cache = cache if isinstance(cache, StateCache) else StateCache(cache)
         self.batch_size = model.n_batch
@@ -271,12 +275,20 @@ class Engine:
         if lookup.n_max <= 0:
             return []
         lookup.extend([token])
-        room = min(
+        if self.drafter is not None:
+            size = lookup.budget(self._room(slot, others))
+            return self.drafter.propose(slot.id, lookup.history, size) if size else []
+        return lookup.draft(self._room(slot, others))
+
+    def _room(self, slot: Slot, others: int) -> int:
+        """How many drafted tokens fit behind a slot's next token."""
+        request = slot.request
+        assert request is not None
+        return min(
             self.model.n_ctx_slot - slot.n_past,
             self.batch_size - self._batch.n_tokens - others,  # each generating slot after this one needs a place
             request.params.n_predict - slot.n_decoded - 1 if request.params.n_predict >= 0 else self.batch_size,
         )
-        return lookup.draft(room)
 
     def _add(self, slot: Slot, token: int, logits: bool) -> int:
         b = self._batch

@@ -50,22 +50,27 @@ class PromptLookup:
                     index[tuple(history[end - n : end])] = end
             history.append(token)
 
+    def budget(self, room: int) -> int:
+        """How many tokens the next draft may have (0: none now), given `room` in the context and the batch."""
+        if self.n_max <= 0 or room < self.n_min:
+            return 0
+        if self.pause > 0:
+            self.pause -= 1
+            return 0
+        return min(self.size, room, self.n_max)
+
     def draft(self, room: int) -> list[int]:
-        """Up to `room` tokens that may follow the text so far.
+        """Up to `room` tokens that may follow the text so far, by prompt lookup.
 
         The n-gram that ends the text is not indexed until the next token
         comes, so a match is always an earlier occurrence.
         """
-        if self.n_max <= 0 or room < self.n_min:
-            return []
-        if self.pause > 0:
-            self.pause -= 1
-            return []
+        size = self.budget(room)
         history = self.history
-        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1) if size else ():
             at = self._index.get(tuple(history[-n:])) if len(history) >= n else None
             if at is not None:
-                out = history[at : at + min(self.size, room, self.n_max)]
+                out = history[at : at + size]
                 return out if len(out) >= self.n_min else []
         return []
 

@@ -36,6 +36,7 @@ class RunnerOptions:
     cache_disk_mib: int = 4096
     draft_max: int = 16  # prompt-lookup drafting: the most tokens a draft proposes (0: off)
     draft_min: int = 1
+    model_draft: Path | None = None  # a draft model of the same vocabulary, guessing instead of prompt lookup
     cache_key: str = ""  # the model's digest, naming its states on disk; else the file's path, size and mtime
 
 
@@ -61,6 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
     p.add_argument("--cache-ram", type=int, default=512, help="MiB of RAM for saved conversation states")
     p.add_argument("--draft-max", "--draft", "--draft-n", type=int, default=16, help="most drafted tokens; 0: off")
     p.add_argument("--draft-min", "--draft-n-min", type=int, default=1, help="no draft shorter than this")
+    p.add_argument("-md", "--model-draft", type=Path, help="a draft model for speculative decoding")
     p.add_argument("--cache-disk", type=Path, help="folder keeping conversation states that leave RAM")
     p.add_argument("--cache-disk-size", type=int, default=4096, help="MiB the --cache-disk folder may hold in all")
     p.add_argument("--cache-key", default="", help="the model's digest, which names its states on disk")
@@ -91,4 +93,5 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         cache_key=a.cache_key,
         draft_max=max(0, min(a.draft_max, 64)),
         draft_min=max(1, a.draft_min),
+        model_draft=a.model_draft,
     )

@@ -36,6 +36,7 @@ class Resolved:
     details: ModelDetails
     path: Path
     adapters: tuple[Path, ...]
+    draft: Path | None = None  # the Modelfile DRAFT's GGUF
 
     @property
     def digest(self) -> str:
@@ -67,7 +68,7 @@ def resolve(store: Store, text: str) -> Resolved:
     except ModelNotFound:
         raise ModelNotFound(f'model "{text}" not found, try pulling it first') from None
     adapters = tuple(store.blobs.path(layer.digest) for layer in details.adapters)
-    return Resolved(name.display, details, path, adapters)
+    return Resolved(name.display, details, path, adapters, store.draft_path(details))
 
 
 @dataclass
@@ -155,7 +156,8 @@ class Generator:
     def load_request(self, call: Call) -> LoadRequest:
         options = merged(call.model.details.parameters, call.options)
         opts = load_options(options, call.model.details.info.context_length, self.parallel)
-        return LoadRequest(call.model.name, call.model.digest, call.model.path, opts, call.model.adapters)
+        model = call.model
+        return LoadRequest(model.name, model.digest, model.path, opts, model.adapters, model.draft)
 
     async def _acquire(self, call: Call) -> Loaded:
         loaded = await self.scheduler.acquire(self.load_request(call), call.keep_alive)

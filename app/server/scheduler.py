@@ -289,6 +289,8 @@ class Scheduler:
             args += ["--cache-type-k", self.settings.kv_cache_type, "--cache-type-v", self.settings.kv_cache_type]
         for adapter in req.adapters:
             args += ["--lora", str(adapter)]
+        if req.draft is not None:  # llama-server takes the same two flags
+            args += ["--model-draft", str(req.draft), "--draft-max", str(opts.draft_num_predict)]
         if command.llama_server is None:
             args.append("--embedding")  # loam's runner serves completions and embeddings from one context
             if self.settings.state_dir is not None and self.settings.state_dir_bytes >> 20 > 0:
