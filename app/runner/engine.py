@@ -269,16 +269,18 @@ class Engine:
         return batch, outputs, n_gen
 
     def _draft(self, slot: Slot, token: int, others: int) -> list[int]:
-        """Tokens guessed to follow `token`, bounded by the slot's context, the token limit and the batch's room."""
-        lookup, request = slot.lookup, slot.request
-        assert lookup is not None and request is not None
+        """Tokens guessed to follow `token` (by prompt lookup, else the draft model), bounded by the slot's
+        context, the token limit and the batch's room."""
+        lookup = slot.lookup
+        assert lookup is not None
         if lookup.n_max <= 0:
             return []
         lookup.extend([token])
-        if self.drafter is not None:
-            size = lookup.budget(self._room(slot, others))
-            return self.drafter.propose(slot.id, lookup.history, size) if size else []
-        return lookup.draft(self._room(slot, others))
+        size = lookup.budget(self._room(slot, others))
+        guess = lookup.match(size)  # copying the text costs nothing; the draft model guesses where it can't
+        if not guess and size and self.drafter is not None:
+            guess = self.drafter.propose(slot.id, lookup.history, size)
+        return guess
 
     def _room(self, slot: Slot, others: int) -> int:
         """How many drafted tokens fit behind a slot's next token."""

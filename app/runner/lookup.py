@@ -60,12 +60,15 @@ class PromptLookup:
         return min(self.size, room, self.n_max)
 
     def draft(self, room: int) -> list[int]:
-        """Up to `room` tokens that may follow the text so far, by prompt lookup.
+        """Up to `room` tokens that may follow the text so far, by prompt lookup."""
+        return self.match(self.budget(room))
+
+    def match(self, size: int) -> list[int]:
+        """Up to `size` tokens that followed the n-gram ending the text where it occurred before.
 
         The n-gram that ends the text is not indexed until the next token
         comes, so a match is always an earlier occurrence.
         """
-        size = self.budget(room)
         history = self.history
         for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1) if size else ():
             at = self._index.get(tuple(history[-n:])) if len(history) >= n else None
