@@ -31,6 +31,9 @@ from app.runner.sampling import Sampler
 from app.runner.scoring import ScoreJob, token_probs
 from app.runner.slot import Chunk, Request, Slot
 
+#: llama.cpp pads the KV length a batch attends over to a multiple of this (llama_kv_cache::get_n_kv).
+KV_PAD = 256
+
 
 class Engine:
     """Slots, a request queue and the thread that decodes for them."""
@@ -283,10 +286,20 @@ class Engine:
         return guess
 
     def _room(self, slot: Slot, others: int) -> int:
-        """How many drafted tokens fit behind a slot's next token."""
+        """How many drafted tokens fit behind a slot's next token.
+
+        A batch never crosses a multiple of KV_PAD cells: llama.cpp pads the KV
+        length a batch attends over to that, so a draft reaching past it would
+        have the next token attend over a longer padded cache than it does
+        alone. Below 256 cells a verified draft then rounds exactly as single
+        tokens do; past that, ggml's CPU attention splits one token's work
+        differently from a batch's, and logprobs may differ in the last bits
+        (about 0.02 at most on SmolLM2), which can flip a near tie.
+        """
         request = slot.request
         assert request is not None
         return min(
+            -(-slot.n_past // KV_PAD) * KV_PAD - slot.n_past,
             self.model.n_ctx_slot - slot.n_past,
             self.batch_size - self._batch.n_tokens - others,  # each generating slot after this one needs a place
             request.params.n_predict - slot.n_decoded - 1 if request.params.n_predict >= 0 else self.batch_size,
