@@ -160,28 +160,43 @@ def _whole(chunks: list[Chunk]) -> Response:
     return JSONResponse(final)
 
 
+#: Put in a stream's queue by its heartbeat: nothing came for a while, but the decode loop moved.
+_BEAT: Chunk = {"heartbeat": True}
+
+
 async def _stream(
     chunks: asyncio.Queue[Chunk | None], engine: Engine, request: Request, watcher: asyncio.Task[None], sse: bool
 ) -> AsyncIterator[bytes]:
-    seen = engine.progress
+    """The chunks as NDJSON or SSE lines; one task beats beside it, so each chunk costs a plain queue get."""
+    sent = [0]
+    beat = asyncio.create_task(_heartbeat(chunks, engine, sent))
     try:
         while True:
-            try:
-                chunk = await asyncio.wait_for(chunks.get(), HEARTBEAT_SECONDS)
-            except asyncio.TimeoutError:
-                if engine.progress != seen:  # a blank line: no output yet, but not stuck
-                    seen = engine.progress
-                    yield b": progress\n\n" if sse else b"\n"
+            chunk = await chunks.get()
+            if chunk is _BEAT:  # a blank line: no output yet, but not stuck
+                yield b": progress\n\n" if sse else b"\n"
                 continue
             if chunk is None:
                 return
+            sent[0] += 1
             data = json.dumps(chunk, ensure_ascii=False)
             yield (f"data: {data}\n\n" if sse else data + "\n").encode()
             if chunk.get("stop"):
                 return
     finally:
+        beat.cancel()
         engine.cancel(request)
         watcher.cancel()
+
+
+async def _heartbeat(chunks: asyncio.Queue[Chunk | None], engine: Engine, sent: list[int]) -> None:
+    """Every HEARTBEAT_SECONDS without a chunk sent, while the decode loop moves, queue a beat."""
+    progress, count = engine.progress, sent[0]
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        if sent[0] == count and engine.progress != progress:
+            chunks.put_nowait(_BEAT)
+        progress, count = engine.progress, sent[0]
 
 
 async def tokenize(state: RunnerState, http: HttpRequest) -> Response:

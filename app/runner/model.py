@@ -80,6 +80,7 @@ class Model:
         self.memory = llama.llama_get_memory(self.ctx)
         self.can_shift = bool(llama.llama_memory_can_shift(self.memory))
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
+        self._pieces: dict[int, bytes] = {}  # token (negated minus one: with special) -> its bytes
         self._adapters = [_apply_lora(self.model, self.ctx, path) for path in options.lora]
         #: Bytes llama.cpp allocated, by kind: model (weights), kv_cache, compute, output (MiB precision).
         self.allocated = dict(_log.buffers)
@@ -95,7 +96,17 @@ class Model:
             size = -n
 
     def piece(self, token: int, special: bool = False) -> bytes:
-        """The bytes a token stands for; control tokens are empty unless `special`."""
+        """The bytes a token stands for; control tokens are empty unless `special`.
+
+        Remembered per token: the decode loop asks for each generated token's piece.
+        """
+        key = -token - 1 if special else token
+        found = self._pieces.get(key)
+        if found is None:
+            found = self._pieces[key] = self._read_piece(token, special)
+        return found
+
+    def _read_piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = llama.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
