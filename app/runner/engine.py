@@ -40,7 +40,7 @@ class Engine:
 
     def __init__(self, model: Model, cache: StateCache | int, drafter: Drafter | None = None) -> None:
         """`cache`: where displaced conversations' states go (a byte budget: RAM only, no disk tier);
-        `drafter`: a draft model that guesses tokens, instead of prompt lookup."""
+        `drafter`: a draft model that guesses tokens where prompt lookup finds nothing to copy."""
         self.model = model
         self.drafter = drafter
         self.slots = [Slot(i) for i in range(model.options.parallel)]
