@@ -110,3 +110,24 @@ def test_a_string_array_longer_than_any_vocabulary_is_refused(tmp_path: Path) ->
         f.truncate(f.tell() + 8 * count)  # sparse: zero-length strings, no disk used
     with pytest.raises(BadModelFile, match=f"holds {count} strings, more than the 16777216 loam reads"):
         inspect(path)
+
+
+def test_a_blobs_metadata_is_read_once_until_the_file_changes(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request shows its model; the header (the whole vocabulary) is read only the first time."""
+    import shutil
+
+    from app.store import gguf_info
+
+    blob = tmp_path / "sha256-0123"
+    shutil.copyfile(tiny_gguf, blob)
+    reads: list[Path] = []
+    real = gguf_info.read_header
+    monkeypatch.setattr(gguf_info, "read_header", lambda p: reads.append(p) or real(p))
+    first = gguf_info.inspect_blob(blob)
+    assert gguf_info.inspect_blob(blob) is first and len(reads) == 1
+    blob.write_bytes(blob.read_bytes()[:100])  # replaced by something else: read again, and refused
+    with pytest.raises(BadModelFile):
+        gguf_info.inspect_blob(blob)
+    assert len(reads) == 2

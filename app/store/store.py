@@ -11,7 +11,7 @@ from typing import Any
 from app import config
 from app.errors import ModelNotFound
 from app.store.blobs import BlobRef, BlobStore, short_digest
-from app.store.gguf_info import GGUFInfo, inspect
+from app.store.gguf_info import GGUFInfo, inspect, inspect_blob
 from app.store.manifest import (
     MEDIA_ADAPTER,
     MEDIA_CONFIG,
@@ -90,7 +90,7 @@ class Store:
 
     def show(self, name: ModelName) -> ModelDetails:
         stored = self.get(name)
-        info = inspect(self.model_path(name))
+        info = inspect_blob(self.model_path(name))
         texts = {
             media: self._text(layer)
             for layer in stored.manifest.layers
