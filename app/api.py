@@ -329,7 +329,7 @@ class Stats(Wire):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
-    draft_count: int = 0  # loam's: prompt-lookup tokens verified, sent only when there were some
+    draft_count: int = 0  # loam's: drafted tokens verified (lookup or draft model), sent only when some were
     draft_accepted_count: int = 0
 
 

@@ -33,7 +33,7 @@ class Stats:
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
-    draft_count: int = 0  # loam's: tokens guessed by prompt lookup (0 from other servers)
+    draft_count: int = 0  # loam's: tokens drafted and verified (0 from other servers)
     draft_accepted_count: int = 0
 
     @classmethod

@@ -111,6 +111,15 @@ def test_a_longer_state_of_the_same_conversation_replaces_the_shorter(tmp_path: 
     assert len(list(tmp_path.glob("*" + SUFFIX))) == 1
 
 
+def test_writing_the_same_conversation_again_keeps_its_file(tmp_path: Path) -> None:
+    """A state restored from disk and saved again unchanged (a slot kept at stop) must not delete itself."""
+    cache = states(tmp_path)
+    cache.write((1, 2, 3), b"turn one")
+    cache.write((1, 2, 3), b"turn one")
+    assert states(tmp_path).read((1, 2, 3)) == b"turn one"
+    assert cache.read((1, 2, 3)) == b"turn one"
+
+
 def test_a_state_too_big_for_the_folder_is_not_written(tmp_path: Path) -> None:
     cache = states(tmp_path, max_bytes=5000)
     cache.write((1,), bytes(6000))
@@ -156,7 +165,8 @@ def test_loam_cache_disk_takes_sizes_and_refuses_nonsense(monkeypatch: pytest.Mo
     from app import config
     from app.errors import ConfigError
 
-    for text, size in (("4GB", 4 * 10**9), ("512MiB", 512 << 20), ("0", 0), ("1.5 GB", 1_500_000_000)):
+    sizes = (("4GB", 4 * 10**9), ("512MiB", 512 << 20), ("0", 0), ("1.5 GB", 1_500_000_000), ("2t", 2 * 10**12))
+    for text, size in sizes:
         monkeypatch.setenv("LOAM_CACHE_DISK", text)
         assert config.cache_disk_bytes() == size
     monkeypatch.delenv("LOAM_CACHE_DISK")

@@ -317,7 +317,12 @@ async def metrics(state: RunnerState, http: HttpRequest) -> Response:
         ("gauge", "loam:state_cache_entries", len(engine.cache), "saved conversation states"),
         ("counter", "loam:state_cache_hits_total", engine.cache.hits, "saved states restored into a slot"),
         ("counter", "loam:scored_tokens_total", m["scored_tokens_total"], "tokens evaluated for /score"),
-        ("counter", "loam:draft_tokens_total", m["draft_tokens_total"], "tokens drafted by prompt lookup"),
+        (
+            "counter",
+            "loam:draft_tokens_total",
+            m["draft_tokens_total"],
+            "tokens drafted (lookup or draft model)",
+        ),
         ("counter", "loam:draft_accepted_total", m["draft_accepted_total"], "drafted tokens the model agreed with"),
     ]
     if disk := engine.cache.disk:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from app.runner.cache import common_prefix
 
@@ -77,16 +78,17 @@ class DiskStates:
                     tmp.unlink()
         for path in sorted(self.folder.glob(self.prefix + "*" + SUFFIX)):
             try:
+                size = path.stat().st_size
                 with path.open("rb") as f:
-                    tokens, _, _ = self._read_header(f, path.stat().st_size)
+                    tokens, _, _ = self._read_header(f, size)
             except (OSError, ValueError) as e:
                 log(f"ignoring saved state {path.name}: {e}")
                 continue
-            self.entries[tokens] = DiskEntry(path, tokens, path.stat().st_size)
+            self.entries[tokens] = DiskEntry(path, tokens, size)
 
-    def _read_header(self, f: object, file_size: int) -> tuple[tuple[int, ...], int, str]:
+    def _read_header(self, f: BinaryIO, file_size: int) -> tuple[tuple[int, ...], int, str]:
         """(tokens, state bytes, checksum) from an open file, checked against this key and the file's size."""
-        read = f.read  # type: ignore[attr-defined]
+        read = f.read
         if read(len(MAGIC)) != MAGIC:
             raise ValueError("not a loam state file")
         line = read(MAX_HEADER).split(b"\n", 1)[0]
@@ -102,7 +104,7 @@ class DiskStates:
         start = len(MAGIC) + len(line) + 1
         if file_size != start + 4 * n_tokens + n_data:
             raise ValueError(f"it is {file_size} bytes, its header says {start + 4 * n_tokens + n_data}")
-        f.seek(start)  # type: ignore[attr-defined]
+        f.seek(start)
         tokens = struct.unpack(f"<{n_tokens}i", read(4 * n_tokens))
         return tokens, n_data, str(digest)
 
@@ -161,8 +163,8 @@ class DiskStates:
         except OSError as e:
             log(f"cannot save a conversation's state to {self.folder}: {e}")
             return
-        for old in [e for e in self.entries.values() if e.tokens == tokens[: len(e.tokens)]]:
-            self._remove(old)  # a prefix of this one: redundant now
+        for old in [e for e in self.entries.values() if e.path != path and e.tokens == tokens[: len(e.tokens)]]:
+            self._remove(old)  # a shorter prefix of this one: redundant now (the same tokens were just rewritten)
         self.entries[tokens] = DiskEntry(path, tokens, path.stat().st_size)
         self.writes += 1
 

@@ -31,7 +31,6 @@ class Drafter:
         self.model = draft
         self._batch = llama.llama_batch_init(draft.n_batch, 0, 1)
         self._held: dict[int, list[int]] = {}
-        self._logits = np.zeros(0, dtype=np.float32)
 
     def propose(self, seq: int, text: list[int], n: int) -> list[int]:
         """Up to `n` tokens the draft expects after `text` (a slot's prompt and reply so far)."""

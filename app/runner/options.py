@@ -36,7 +36,7 @@ class RunnerOptions:
     cache_disk_mib: int = 4096
     draft_max: int = 16  # prompt-lookup drafting: the most tokens a draft proposes (0: off)
     draft_min: int = 1
-    model_draft: Path | None = None  # a draft model of the same vocabulary, guessing instead of prompt lookup
+    model_draft: Path | None = None  # a draft model of the same vocabulary, guessing where prompt lookup can't
     cache_key: str = ""  # the model's digest, naming its states on disk; else the file's path, size and mtime
 
 

@@ -83,7 +83,7 @@ class Done:
     prompt_tokens: int = 0  # the whole prompt, cached tokens included
     eval_count: int = 0
     eval: float = 0.0
-    draft_count: int = 0  # tokens guessed by prompt lookup and verified in batches
+    draft_count: int = 0  # tokens guessed (prompt lookup or the DRAFT model) and verified in batches
     draft_accepted_count: int = 0  # of those, the ones the model agreed with
     context: list[int] = field(default_factory=list)
     #: The runner's per-token entries not yet sent with a Piece (all of them, after `gather`).
