@@ -13,12 +13,9 @@ from typing import Any, TextIO
 
 from app import config
 from app.client import Client, ServerError, ensure_server
-from app.display import ProgressDisplay
 from app.errors import LoamError
 from app.stats import Stats, verbose_lines
-from app.store.catalog import Catalog
 from app.store.parameters import ParameterError, coerce
-from app.store.progress import ProgressEvent
 
 
 @dataclass
@@ -44,7 +41,9 @@ class Question:
 
 def default_model() -> str:
     """config.toml's `default_model`, else the catalog's default."""
-    return config.default_model(Catalog.load(config.paths().user_catalog).default)
+    from app.store.catalog import Catalog
+
+    return config.default_model(Catalog.default_name(config.paths().user_catalog))
 
 
 def combined_prompt(prompt: str | None, stdin: TextIO) -> str:
@@ -141,6 +140,9 @@ def _write_answer(chunks: Iterator[dict[str, Any]], out: TextIO, err: TextIO) ->
 
 def pull_with_progress(client: Client, name: str, err: TextIO) -> None:
     """Have the server pull a model, drawing its progress on `err`."""
+    from app.display import ProgressDisplay
+    from app.store.progress import ProgressEvent
+
     err.write(f"{name} is not in the store; pulling it\n")
     display = ProgressDisplay(err)
     try:
@@ -224,7 +226,7 @@ async def _tool_turn(question: Question, host: str, out: TextIO, err: TextIO, st
     import asyncio
     import json
 
-    from app.client import AsyncClient
+    from app.async_client import AsyncClient
     from app.tools.builtin import builtin_tools
     from app.tools.calls import ToolCall
     from app.tools.loop import Decision, Toolbox, ToolResult, TurnEvents, run_turn

@@ -1,4 +1,9 @@
-"""An httpx client of the loam server's API (Ollama's), sync for the CLI and async for the TUI.
+"""A client of the loam server's API (Ollama's) for the command line, on the standard library.
+
+`loam ask` is a start-up race: the answer cannot begin before Python has
+imported what the client needs, so this module takes nothing beyond the
+standard library (http.client) and pydantic only when a body is checked.
+The TUI's client, on httpx and asyncio, is app/async_client.py.
 
 `ensure_server` is what makes keep-alive work across `loam ask` calls: when
 nothing answers at LOAM_HOST it starts `loam serve` in the background, detached
@@ -7,26 +12,23 @@ and logging to the state dir, and waits until it answers.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-from pydantic import ValidationError
-
-from app import config
-from app.api import ChatRequest, Stats, describe
+from app import __version__, config
 from app.errors import LoamError
-from app.tools.calls import ToolCall
+from app.stats import FIELDS
 
-#: Connecting must be quick; reading may wait through a model load, so it has no limit.
-STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)
+#: Connecting must be quick; reading may wait through a model load, so a stream has no read limit.
+CONNECT_TIMEOUT = 10.0
 #: How long an autostarted server may take to answer.
 START_TIMEOUT = 30.0
 
@@ -47,30 +49,20 @@ class RequestError(LoamError):
     """A request loam would send is malformed (a bad option, keep_alive, message)."""
 
 
-def _unavailable(host: str) -> ServerUnavailable:
+def unavailable(host: str) -> ServerUnavailable:
     return ServerUnavailable(f"no loam server answers at {host}; start one with `loam serve`")
 
 
-def _error_of(response: httpx.Response, body: bytes) -> ServerError:
+def error_of(status: int, reason: str, body: bytes) -> ServerError:
+    """The server's `{"error": ...}` body (or its text) as a ServerError with the status."""
     try:
         message = json.loads(body).get("error") or body.decode(errors="replace")
     except (ValueError, AttributeError):
-        message = body.decode(errors="replace") or response.reason_phrase
-    return ServerError(str(message).strip(), response.status_code)
+        message = body.decode(errors="replace") or reason
+    return ServerError(str(message).strip(), status)
 
 
-def _stream_failure(error: Exception, host: str) -> LoamError:
-    """The one-line error for a stream that broke: no server, a dropped connection, or a line that is not JSON."""
-    if isinstance(error, httpx.ConnectError):
-        return _unavailable(host)
-    if isinstance(error, httpx.RemoteProtocolError):
-        return ServerError(f"the server closed the connection mid-answer ({error}); see its log")
-    if isinstance(error, httpx.HTTPError):
-        return ServerError(f"talking to the server at {host} failed: {error or type(error).__name__}")
-    return ServerError(f"the server at {host} sent a line that is not JSON: {error}")
-
-
-def _chunk(line: str) -> dict[str, Any] | None:
+def parse_chunk(line: str | bytes) -> dict[str, Any] | None:
     """One NDJSON line as a dict; an `error` line raises, as Ollama's clients do."""
     if not line.strip():
         return None
@@ -79,15 +71,15 @@ def _chunk(line: str) -> dict[str, Any] | None:
         raise ServerError(str(item["error"]))
     if not isinstance(item, dict):
         raise ValueError(f"{line[:100]!r} is not an object")
-    if item.get("done") is True:
-        try:
-            Stats.model_validate(item)  # the final figures are numbers, or the reply is not Ollama's
-        except ValidationError as e:
-            raise ServerError(f"the server's final line is malformed: {describe(e)}") from None
+    if item.get("done") is True:  # the final figures are numbers, or the reply is not Ollama's
+        for name in FIELDS:
+            value = item.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ServerError(f"the server's final line is malformed: {name}: not a number ({value!r:.40})")
     return item
 
 
-def chat_body(
+def request_body(
     model: str,
     messages: list[dict[str, Any]],
     *,
@@ -101,15 +93,27 @@ def chat_body(
     """An /api/chat request body with the unset fields left out (the server's defaults apply).
 
     `tools` are OpenAI/Ollama function specs; an empty list is left out, so the model sees none.
-
-    It is checked against the server's own model (app/api.py) first, so a bad
-    option or keep_alive is the same one-line error without a round trip.
     """
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     fields = (("options", options), ("format", format), ("keep_alive", keep_alive), ("think", think), ("tools", tools))
     for key, value in fields:
         if value not in (None, {}, "", []):
             body[key] = value
+    return body
+
+
+def chat_body(model: str, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    """`request_body`, checked against the server's own model (app/api.py) first.
+
+    A bad option or keep_alive is then the same one-line error without a round
+    trip. The TUI checks; `loam ask` leaves it to the server, which says the same
+    in its 400, rather than import pydantic before every answer.
+    """
+    from pydantic import ValidationError
+
+    from app.api import ChatRequest, describe
+
+    body = request_body(model, messages, **kw)
     try:
         ChatRequest.model_validate(body, context={"client": True})
     except ValidationError as e:
@@ -117,162 +121,111 @@ def chat_body(
     return body
 
 
-#: Calls one reply may carry; more is a server (or model) gone wrong, and the rest are dropped.
-MAX_CALLS_PER_REPLY = 16
-
-
-def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
-    """The calls in a reply's `message.tool_calls` (Ollama's shape), arguments as a dict.
-
-    OpenAI-style arguments given as a JSON string are decoded; a call without a name is
-    dropped, and arguments that are not an object become {"": value} so the tool can refuse them.
-    """
-    calls: list[ToolCall] = []
-    raw = message.get("tool_calls")
-    for item in raw if isinstance(raw, list) else []:
-        function = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            continue
-        arguments: Any = function.get("arguments")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
-                pass
-        if arguments is None:
-            arguments = {}
-        calls.append(ToolCall(function["name"], arguments if isinstance(arguments, dict) else {"": arguments}))
-    return calls[:MAX_CALLS_PER_REPLY]
-
-
 class Client:
-    """Calls on a loam (or Ollama) server at `host` (LOAM_HOST by default)."""
+    """Calls on a loam (or Ollama) server at `host` (LOAM_HOST by default), one connection a call."""
 
     def __init__(self, host: str | None = None, timeout: float | None = 30.0) -> None:
         self.host = host or config.host()
-        self.http = httpx.Client(base_url=f"http://{self.host}", timeout=timeout)
+        self.timeout = timeout
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing stays open between calls; kept so callers need not know."""
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, read_timeout: float | None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request; an error status raises ServerError, no server ServerUnavailable."""
+        connection = http.client.HTTPConnection(self.host, timeout=CONNECT_TIMEOUT)
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"User-Agent": f"loam/{__version__}", "Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            response = self.http.request(method, path, **kw)
-        except httpx.ConnectError:
-            raise _unavailable(self.host) from None
-        if response.status_code >= 400:
-            raise _error_of(response, response.content)
-        return response
+            connection.connect()
+        except OSError as e:
+            raise unavailable(self.host) from e
+        assert connection.sock is not None
+        connection.sock.settimeout(read_timeout)
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise error_of(response.status, response.reason, response.read())
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
+        except ServerError:
+            connection.close()
+            raise
+        return connection, response
+
+    def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        connection, response = self._send(method, path, body, self.timeout)
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise ServerError(f"the server at {self.host} closed the connection mid-reply ({e})") from None
+        finally:
+            connection.close()
+        try:
+            return json.loads(data) if data.strip() else {}
+        except ValueError:
+            raise ServerError(f"the server at {self.host} answered {path} with something that is not JSON") from None
 
     def answers(self) -> bool:
         """Whether a server answers at the host now."""
         try:
-            return self.http.get("/api/version", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
+            connection = http.client.HTTPConnection(self.host, timeout=2.0)
+            try:
+                connection.request("GET", "/api/version")
+                return connection.getresponse().status == 200
+            finally:
+                connection.close()
+        except (OSError, http.client.HTTPException):
             return False
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST `body` and yield the NDJSON chunks; closing the iterator cancels the work on the server."""
+        connection, response = self._send("POST", path, body, None)  # a model load may hold the first line
         try:
-            with self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as response:
-                if response.status_code >= 400:
-                    raise _error_of(response, response.read())
-                for line in response.iter_lines():
-                    item = _chunk(line)
-                    if item is not None:
-                        yield item
-        except (httpx.HTTPError, ValueError) as e:
-            raise _stream_failure(e, self.host) from None
+            for line in response:
+                item = parse_chunk(line)
+                if item is not None:
+                    yield item
+        except (OSError, http.client.HTTPException) as e:
+            cause = e or type(e).__name__
+            raise ServerError(f"the server closed the connection mid-answer ({cause}); see its log") from None
+        except ValueError as e:
+            raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
+        finally:
+            connection.close()
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Iterator[dict[str, Any]]:
         """An /api/chat reply, chunk by chunk (one whole chunk with stream=False)."""
-        return self.stream("/api/chat", chat_body(model, messages, **kw))
+        return self.stream("/api/chat", request_body(model, messages, **kw))
 
     def pull(self, name: str) -> Iterator[dict[str, Any]]:
         """Progress of a pull done by the server: {status, digest?, total?, completed?}."""
         return self.stream("/api/pull", {"model": name, "stream": True})
 
     def show(self, name: str) -> dict[str, Any]:
-        return self._request("POST", "/api/show", json={"model": name}).json()
+        return self._json("POST", "/api/show", {"model": name})
 
     def ps(self) -> list[dict[str, Any]]:
         """The loaded models, as /api/ps lists them."""
-        return self._request("GET", "/api/ps").json().get("models", [])
+        return self._json("GET", "/api/ps").get("models", [])
 
     def stop(self, model: str) -> None:
         """Unload a model now (keep_alive 0 with an empty prompt, as `ollama stop` does)."""
-        self._request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
+        self._json("POST", "/api/generate", {"model": model, "keep_alive": 0})
 
     def tags(self) -> list[dict[str, Any]]:
         """The server's models, as /api/tags lists them."""
-        return self._request("GET", "/api/tags").json().get("models", [])
+        return self._json("GET", "/api/tags").get("models", [])
 
     def delete(self, name: str) -> None:
         """Delete a model from the store through the server, which unloads it at once."""
-        self._request("DELETE", "/api/delete", json={"model": name})
-
-
-class AsyncClient:
-    """The same calls for the TUI, on asyncio, so the UI never waits on the network."""
-
-    def __init__(self, host: str | None = None, timeout: float | None = 30.0) -> None:
-        self.host = host or config.host()
-        self.http = httpx.AsyncClient(base_url=f"http://{self.host}", timeout=timeout)
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            response = await self.http.request(method, path, **kw)
-        except httpx.ConnectError:
-            raise _unavailable(self.host) from None
-        if response.status_code >= 400:
-            raise _error_of(response, response.content)
-        return response
-
-    async def answers(self) -> bool:
-        """Whether a server answers at the host now."""
-        try:
-            return (await self.http.get("/api/version", timeout=2.0)).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST `body` and yield the NDJSON chunks; closing the generator cancels the work on the server."""
-        try:
-            async with self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as response:
-                if response.status_code >= 400:
-                    raise _error_of(response, await response.aread())
-                async for line in response.aiter_lines():
-                    item = _chunk(line)
-                    if item is not None:
-                        yield item
-        except (httpx.HTTPError, ValueError) as e:
-            raise _stream_failure(e, self.host) from None
-
-    def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> AsyncIterator[dict[str, Any]]:
-        return self.stream("/api/chat", chat_body(model, messages, **kw))
-
-    def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
-        return self.stream("/api/pull", {"model": name, "stream": True})
-
-    def create(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """/api/create's progress, for a body like Ollama's (model, from, system, parameters, messages)."""
-        return self.stream("/api/create", {**body, "stream": True})
-
-    async def tags(self) -> list[dict[str, Any]]:
-        """The store's models with their details (size, parameter size, quantization)."""
-        return (await self._request("GET", "/api/tags")).json().get("models", [])
-
-    async def show(self, name: str) -> dict[str, Any]:
-        return (await self._request("POST", "/api/show", json={"model": name})).json()
-
-    async def delete(self, name: str) -> None:
-        await self._request("DELETE", "/api/delete", json={"model": name})
-
-    async def ps(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/api/ps")).json().get("models", [])
+        self._json("DELETE", "/api/delete", {"model": name})
 
 
 # -- autostart -------------------------------------------------------------
@@ -306,7 +259,7 @@ def ensure_server(host: str | None = None, timeout: float = START_TIMEOUT) -> st
         if probe.answers():
             return host
         if not is_local(host):
-            raise _unavailable(host)
+            raise unavailable(host)
         process = _spawn_server()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client import RequestError, ServerError, _chunk, chat_body
+from app.client import RequestError, ServerError, chat_body, parse_chunk
 from app.store.catalog import Catalog
 from app.store.create import create
 from app.store.modelfile import parse
@@ -247,6 +247,6 @@ def test_the_client_checks_with_the_same_models() -> None:
     with pytest.raises(RequestError, match=r"^keep_alive: must be at most 100 years"):
         chat_body("tiny", [{"role": "user", "content": "x"}], keep_alive="99999999999h")
     assert chat_body("tiny", [], keep_alive=-1, format={"type": "object"})["keep_alive"] == -1
-    assert _chunk('{"done": true, "eval_count": 3, "eval_duration": 1e6}')["eval_count"] == 3
+    assert parse_chunk('{"done": true, "eval_count": 3, "eval_duration": 1e6}')["eval_count"] == 3
     with pytest.raises(ServerError, match=r"final line is malformed: eval_count: "):
-        _chunk('{"done": true, "eval_count": "many"}')
+        parse_chunk('{"done": true, "eval_count": "many"}')

@@ -259,3 +259,30 @@ def test_ask_help_is_quick_to_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     for heavy in ("httpx", "textual", "llama_cpp", "app.store.store"):
         assert f"'{heavy}'" not in out, heavy
+
+
+def test_asking_imports_neither_httpx_nor_pydantic(home: Home) -> None:
+    """A warm `loam ask` is a start-up race; the CLI client is the standard library's http.client."""
+    code = (
+        "import sys\nfrom app.cli import main\nrc = main(['ask', '-m', 'smollm2:135m', '-o', 'num_predict=3', 'Hi'])\n"
+        "print('MODULES', sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'pydantic', 'textual')),"
+        " file=sys.stderr)\nraise SystemExit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=home.env,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "no answer"
+    assert "MODULES []" in done.stderr, done.stderr
+
+
+def test_a_bad_keep_alive_is_the_servers_one_line_error(home: Home) -> None:
+    bad = home.ask("ask", "-m", "smollm2:135m", "--keepalive", "forever", "hi")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("error: keep_alive") and bad.stderr.count("\n") == 1, bad.stderr

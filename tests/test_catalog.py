@@ -68,3 +68,15 @@ def test_source_strings(tmp_path: Path) -> None:
     assert parse_source("m.gguf", tmp_path) == PathSource(tmp_path / "m.gguf")
     with pytest.raises(CatalogError, match="pip:PACKAGE"):
         parse_source("pip:nomember")
+
+
+def test_default_name_reads_the_user_file_first_without_the_entries(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped.toml"
+    shipped.write_text('default = "smollm2:135m"\n[models."broken"]\nsources = 3\n')  # entries are not read
+    user = tmp_path / "user.toml"
+    assert Catalog.default_name(user, shipped) == "smollm2:135m"
+    user.write_text('default = "llama3.2:1b"\n')
+    assert Catalog.default_name(user, shipped) == "llama3.2:1b"
+    user.write_text("default = \n")
+    with pytest.raises(CatalogError, match="user.toml"):
+        Catalog.default_name(user, shipped)

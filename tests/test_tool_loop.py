@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from app.client import AsyncClient
+from app.async_client import AsyncClient
 from app.config import McpServer
 from app.tools.builtin import builtin_tools
 from app.tools.calls import ToolCall

@@ -15,7 +15,7 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, OptionList, Static, TabbedContent, TextArea
 
-from app.client import AsyncClient
+from app.async_client import AsyncClient
 from app.display import human_bytes
 from app.store.catalog import Catalog
 from app.store.create import create

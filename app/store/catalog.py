@@ -13,18 +13,20 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.config import shipped_file
 from app.errors import CatalogError, InvalidName
 from app.store.names import ModelName
 from app.store.parameters import ParameterError, coerce_all
-from app.store.sources import Source, parse_source
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+if TYPE_CHECKING:  # the sources bring httpx, which `loam ask` should not wait for
+    from app.store.sources import Source
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,21 @@ class Catalog:
             entries[entry.name.display] = entry
         return cls(entries, str(doc.get("default") or ""))
 
+    @staticmethod
+    def default_name(user_file: Path | None = None, shipped: Path | None = None) -> str:
+        """The default model's name alone, the user's file first, without reading the entries."""
+        for path in (user_file, shipped or shipped_file("models.toml")):
+            if path is None or not path.is_file():
+                continue
+            try:
+                with path.open("rb") as f:
+                    default = tomllib.load(f).get("default")
+            except tomllib.TOMLDecodeError as e:
+                raise CatalogError(f"{path}: {e}") from e
+            if default:
+                return str(default)
+        return ""
+
     def extend(self, other: Catalog) -> None:
         self.entries.update(other.entries)
         if other.default:
@@ -117,6 +134,8 @@ def _entry(key: str, table: Any, path: Path) -> CatalogEntry:
         parameters = coerce_all(parameters)
     except ParameterError as e:
         raise CatalogError(f"{where}: parameters: {e}") from None
+    from app.store.sources import parse_source
+
     return CatalogEntry(
         name=name,
         sources=tuple(parse_source(s, path.parent) for s in sources),

@@ -343,3 +343,31 @@ class CallParser:
         self.calls += calls
         self._after_call = True
         return ""
+
+
+#: Calls one reply may carry; more is a server (or model) gone wrong, and the rest are dropped.
+MAX_CALLS_PER_REPLY = 16
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
+    """The calls in a reply's `message.tool_calls` (Ollama's shape), arguments as a dict.
+
+    OpenAI-style arguments given as a JSON string are decoded; a call without a name is
+    dropped, and arguments that are not an object become {"": value} so the tool can refuse them.
+    """
+    calls: list[ToolCall] = []
+    raw = message.get("tool_calls")
+    for item in raw if isinstance(raw, list) else []:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            continue
+        arguments: Any = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                pass
+        if arguments is None:
+            arguments = {}
+        calls.append(ToolCall(function["name"], arguments if isinstance(arguments, dict) else {"": arguments}))
+    return calls[:MAX_CALLS_PER_REPLY]

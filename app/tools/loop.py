@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.client import AsyncClient, tool_calls_of
+from app.async_client import AsyncClient
 from app.errors import LoamError
-from app.tools.calls import ToolCall
+from app.tools.calls import ToolCall, tool_calls_of
 
 #: How often the model is asked within one turn before the loop stops it.
 MAX_STEPS = 8

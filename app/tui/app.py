@@ -25,7 +25,8 @@ from textual.worker import WorkerCancelled, WorkerFailed
 
 from app import config
 from app.ask import default_model
-from app.client import AsyncClient, ServerError, ensure_server
+from app.async_client import AsyncClient
+from app.client import ServerError, ensure_server
 from app.errors import LoamError
 from app.stats import Stats
 from app.tools.calls import ToolCall

@@ -32,7 +32,7 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 
 from app import config
-from app.client import AsyncClient
+from app.async_client import AsyncClient
 from app.display import human_bytes
 from app.errors import InvalidName, LoamError
 from app.measure import results

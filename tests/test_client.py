@@ -1,0 +1,110 @@
+"""The CLI's client on faults a real loam server does not produce on demand: a raw socket server stands in."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from app.client import Client, ServerError, ServerUnavailable
+from tests.runner_process import free_port
+
+
+class RawServer:
+    """Answers every connection with `reply` (bytes, sent as is) after reading the request head."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                self.requests.append(data)
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw() -> Iterator[type[RawServer]]:
+    servers: list[RawServer] = []
+
+    def make(reply: bytes) -> RawServer:
+        servers.append(RawServer(reply))
+        return servers[-1]
+
+    yield make  # type: ignore[misc]
+    for server in servers:
+        server.close()
+
+
+def chunked(*lines: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
+
+
+def test_streamed_lines_arrive_as_chunks_and_the_body_is_json(raw) -> None:
+    done = b'{"done": true, "eval_count": 2, "eval_duration": 1e6}\n'
+    server = raw(chunked(b'{"message": {"content": "a"}}\n{"message"', b': {"content": "b"}}\n', done, b""))
+    chunks = list(Client(server.host).chat("m", [{"role": "user", "content": "hi"}], options={"seed": 1}))
+    assert [c.get("message", {}).get("content") for c in chunks] == ["a", "b", None]
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /api/chat HTTP/1.1") and b"Content-Type: application/json" in head
+
+
+def test_a_connection_dropped_mid_answer_is_one_line(raw) -> None:
+    server = raw(chunked(b'{"message": {"content": "a"}}\n')[:-2])  # no last chunk: the server went away
+    stream = Client(server.host).chat("m", [])
+    assert next(stream)["message"]["content"] == "a"
+    with pytest.raises(ServerError, match="closed the connection mid-answer"):
+        next(stream)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"<html>oops</html>\n", "sent a line that is not JSON"),
+        (b'{"error": "the runner crashed"}\n', "^the runner crashed$"),
+        (b'{"done": true, "eval_count": "many"}\n', "final line is malformed: eval_count"),
+        (b"[1, 2]\n", "not JSON"),
+    ],
+)
+def test_bad_lines_are_one_line_errors(raw, line: bytes, message: str) -> None:
+    server = raw(chunked(line, b""))
+    with pytest.raises(ServerError, match=message):
+        list(Client(server.host).chat("m", []))
+
+
+def test_an_error_status_carries_the_servers_message(raw) -> None:
+    body = b'{"error": "model \\"x\\" not found, try pulling it first"}'
+    reply = b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    server = raw(reply)
+    with pytest.raises(ServerError, match='^model "x" not found') as e:
+        list(Client(server.host).chat("x", []))
+    assert e.value.status == 404
+    with pytest.raises(ServerError) as shown:
+        Client(server.host).show("x")
+    assert shown.value.status == 404
+
+
+def test_no_server_is_unavailable_and_answers_is_false() -> None:
+    host = f"127.0.0.1:{free_port()}"
+    assert not Client(host).answers()
+    with pytest.raises(ServerUnavailable, match=f"no loam server answers at {host}"):
+        list(Client(host).chat("m", []))
+    with pytest.raises(ServerUnavailable):
+        Client(host).tags()
