@@ -1,8 +1,8 @@
-"""A client of the loam server's API (Ollama's) for the command line, on the standard library.
+"""A client of the loam server's API (Ollama's) for the command line, on a plain socket.
 
 `loam ask` is a start-up race: the answer cannot begin before Python has
 imported what the client needs, so this module takes nothing beyond the
-standard library (http.client) and pydantic only when a body is checked.
+standard library (a socket, app/http11.py) and pydantic only when a body is checked.
 The TUI's client, on httpx and asyncio, is app/async_client.py.
 
 `ensure_server` is what makes keep-alive work across `loam ask` calls: when
@@ -12,19 +12,20 @@ and logging to the state dir, and waits until it answers.
 
 from __future__ import annotations
 
-import http.client
-import ipaddress
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app import __version__, config
+from app import __version__, config, http11
 from app.errors import LoamError
+from app.http11 import Response
+
+if TYPE_CHECKING:
+    import subprocess
 from app.stats import FIELDS
 
 #: Connecting must be quick; reading may wait through a model load, so a stream has no read limit.
@@ -131,42 +132,38 @@ class Client:
     def close(self) -> None:
         """Nothing stays open between calls; kept so callers need not know."""
 
-    def _send(
-        self, method: str, path: str, body: dict[str, Any] | None, read_timeout: float | None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _send(self, method: str, path: str, body: dict[str, Any] | None, read_timeout: float | None) -> Response:
         """Send one request; an error status raises ServerError, no server ServerUnavailable."""
-        connection = http.client.HTTPConnection(self.host, timeout=CONNECT_TIMEOUT)
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"User-Agent": f"loam/{__version__}", "Accept": "application/json"}
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
         try:
-            connection.connect()
-        except OSError as e:
+            sock = http11.connect(self.host, CONNECT_TIMEOUT)
+        except (OSError, ValueError) as e:
             raise unavailable(self.host) from e
-        assert connection.sock is not None
-        connection.sock.settimeout(read_timeout)
         try:
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
+            sock.settimeout(read_timeout)
+            headers = {"User-Agent": f"loam/{__version__}", "Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            payload = None if body is None else json.dumps(body).encode()
+            http11.send(sock, self.host, method, path, payload, headers)
+            response = Response(sock)
             if response.status >= 400:
                 raise error_of(response.status, response.reason, response.read())
-        except (OSError, http.client.HTTPException) as e:
-            connection.close()
+        except (OSError, http11.ProtocolError) as e:
+            sock.close()
             raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
         except ServerError:
-            connection.close()
+            sock.close()
             raise
-        return connection, response
+        return response
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        connection, response = self._send(method, path, body, self.timeout)
+        response = self._send(method, path, body, self.timeout)
         try:
             data = response.read()
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http11.ProtocolError) as e:
             raise ServerError(f"the server at {self.host} closed the connection mid-reply ({e})") from None
         finally:
-            connection.close()
+            response.close()
         try:
             return json.loads(data) if data.strip() else {}
         except ValueError:
@@ -175,30 +172,32 @@ class Client:
     def answers(self) -> bool:
         """Whether a server answers at the host now."""
         try:
-            connection = http.client.HTTPConnection(self.host, timeout=2.0)
-            try:
-                connection.request("GET", "/api/version")
-                return connection.getresponse().status == 200
-            finally:
-                connection.close()
-        except (OSError, http.client.HTTPException):
+            sock = http11.connect(self.host, 2.0)
+        except (OSError, ValueError):
             return False
+        try:
+            http11.send(sock, self.host, "GET", "/api/version", None, {})
+            return Response(sock).status == 200
+        except (OSError, http11.ProtocolError):
+            return False
+        finally:
+            sock.close()
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST `body` and yield the NDJSON chunks; closing the iterator cancels the work on the server."""
-        connection, response = self._send("POST", path, body, None)  # a model load may hold the first line
+        response = self._send("POST", path, body, None)  # a model load may hold the first line
         try:
-            for line in response:
+            for line in response.lines():
                 item = parse_chunk(line)
                 if item is not None:
                     yield item
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http11.ProtocolError) as e:
             cause = e or type(e).__name__
             raise ServerError(f"the server closed the connection mid-answer ({cause}); see its log") from None
         except ValueError as e:
             raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
         finally:
-            connection.close()
+            response.close()
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Iterator[dict[str, Any]]:
         """An /api/chat reply, chunk by chunk (one whole chunk with stream=False)."""
@@ -233,6 +232,8 @@ class Client:
 
 def is_local(host: str) -> bool:
     """Whether `host:port` names this machine, where loam may start a server."""
+    import ipaddress
+
     name = host.rpartition(":")[0].strip("[]")
     if name == "localhost":
         return True
@@ -280,6 +281,8 @@ def ensure_server(host: str | None = None, timeout: float = START_TIMEOUT) -> st
 
 def _spawn_server() -> subprocess.Popen[bytes]:
     """`loam serve`, detached from this terminal and process group, logging to the state dir."""
+    import subprocess
+
     with config.open_private_log(server_log()) as log:
         log.write(f"--- started by loam at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()

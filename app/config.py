@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import platformdirs
-import tomli_w
 
 from app.errors import ConfigError
 
@@ -33,9 +31,8 @@ PARTIAL_GRACE_SECONDS = 7 * 24 * 3600
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class Paths:
-    """The directories loam reads and writes."""
+class Paths(NamedTuple):
+    """The directories loam reads and writes (a NamedTuple: every command starts by importing this)."""
 
     data: Path
     config: Path
@@ -145,6 +142,8 @@ def save_config(data: dict[str, Any], path: Path | None = None) -> None:
     """Write config.toml atomically and privately (0600), so a crash never leaves half a file."""
     path = path or paths().config_file
     private_dir(path.parent)
+    import tomli_w  # writing config is rare; reading it starts every command
+
     write_atomic(path, tomli_w.dumps(data).encode(), mode=PRIVATE_FILE_MODE)
 
 
@@ -226,8 +225,7 @@ DEFAULT_TOOL_TIMEOUT = 60.0
 _SERVER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
-@dataclass(frozen=True)
-class McpServer:
+class McpServer(NamedTuple):
     """One `[mcp.NAME]` table: a command to run over stdio, or a streamable HTTP URL."""
 
     name: str

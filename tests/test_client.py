@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -108,3 +109,50 @@ def test_no_server_is_unavailable_and_answers_is_false() -> None:
         list(Client(host).chat("m", []))
     with pytest.raises(ServerUnavailable):
         Client(host).tags()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{}",
+        b"",
+    ],
+)
+def test_a_reply_that_is_not_http_is_a_one_line_server_error(raw, reply: bytes) -> None:
+    server = raw(reply)
+    with pytest.raises(ServerError) as e:
+        list(Client(server.host).chat("m", []))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ServerError):
+        Client(server.host).tags()
+
+
+def test_fuzzed_replies_end_in_chunks_or_a_server_error(raw) -> None:
+    """Random damage to a good reply: the client yields what parses and raises ServerError, nothing else."""
+    good = chunked(b'{"message": {"content": "a"}}\n', b'{"done": true, "eval_count": 1}\n', b"")
+    rng = random.Random(7)
+    for _ in range(150):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:
+                data[at] = rng.randrange(256)
+            elif choice < 0.7:
+                del data[at : at + rng.randint(1, 8)]
+            else:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        server = raw(bytes(data))
+        try:
+            for chunk in Client(server.host).chat("m", []):
+                assert isinstance(chunk, dict)
+        except ServerError as e:
+            assert "\n" not in str(e)

@@ -7,15 +7,16 @@ API request.
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Spec:
-    """A parameter's type and the smallest and largest value it may take."""
+class Spec(NamedTuple):
+    """A parameter's type and the smallest and largest value it may take.
+
+    A NamedTuple rather than a dataclass: `loam ask` imports this table, and a
+    dataclass compiles its methods when the module loads.
+    """
 
     kind: type
     low: float | None = None
@@ -105,6 +106,8 @@ def coerce_all(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def unknown_message(name: str) -> str:
+    import difflib  # only for a name that is wrong
+
     close = difflib.get_close_matches(name, list(PARAMETERS), n=1)
     hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(PARAMETERS)
     return f"unknown parameter {name!r}; {hint}"
