@@ -127,3 +127,29 @@ def test_runner_flags_are_llama_servers() -> None:
 )
 def test_flash_attention_auto_is_off_for_one_cpu_slot(flags: list[str], expected: int) -> None:
     assert flash_attn_type(parse_args(["-m", "m.gguf", *flags])) == expected
+
+
+def test_the_warm_up_decode_leaves_nothing_behind(tiny_gguf, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like llama-server, the runner decodes a token or two at load, in warm-up mode; the cache starts empty."""
+    from app.runner import model as model_module
+
+    calls: list[tuple[int, int]] = []
+    decode, set_warmup = model_module.llama.llama_decode, model_module.llama.llama_set_warmup
+    warm = [False]
+
+    def spy_decode(ctx, batch):  # the real decode, counted
+        calls.append((batch.n_tokens, warm[0]))
+        return decode(ctx, batch)
+
+    def spy_warmup(ctx, value):
+        warm[0] = bool(value)
+        return set_warmup(ctx, value)
+
+    monkeypatch.setattr(model_module.llama, "llama_decode", spy_decode)
+    monkeypatch.setattr(model_module.llama, "llama_set_warmup", spy_warmup)
+    model = model_module.Model(parse_args(["--model", str(tiny_gguf), "--ctx-size", "256", "--threads", "1"]))
+    try:
+        assert calls == [(2, True)] and not warm[0]
+        assert llama.llama_memory_seq_pos_max(model.memory, 0) == -1
+    finally:
+        model.close()

@@ -84,6 +84,30 @@ class Model:
         self._adapters = [_apply_lora(self.model, self.ctx, path) for path in options.lora]
         #: Bytes llama.cpp allocated, by kind: model (weights), kv_cache, compute, output (MiB precision).
         self.allocated = dict(_log.buffers)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run one tiny batch and forget it, as llama-server does at start.
+
+        The first decode touches every weight page, allocates the compute buffers
+        and starts the worker threads: work the first request would otherwise wait
+        for, tens of milliseconds for SmolLM2, seconds for a large model on disk.
+        """
+        special = [llama.llama_vocab_bos(self.vocab), llama.llama_vocab_eos(self.vocab)]
+        tokens = [t for t in special if t >= 0] or [0]
+        array = (llama.llama_token * len(tokens))(*tokens)
+        llama.llama_set_warmup(self.ctx, True)
+        try:
+            batch = llama.llama_batch_get_one(array, len(tokens))
+            if llama.llama_model_has_encoder(self.model):
+                llama.llama_encode(self.ctx, batch)
+            if llama.llama_model_has_decoder(self.model):
+                llama.llama_decode(self.ctx, batch)  # a failure here shows again, and is reported, on first use
+            llama.llama_memory_clear(self.memory, True)
+            llama.llama_synchronize(self.ctx)
+            llama.llama_perf_context_reset(self.ctx)
+        finally:
+            llama.llama_set_warmup(self.ctx, False)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
