@@ -126,8 +126,7 @@ def _submit(
 ) -> tuple[asyncio.Queue[Chunk | None], Request]:
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    emit = lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c)  # noqa: E731
-    request = Request(tokens, params, emit, embedding=embedding, stream=stream)
+    request = Request(tokens, params, chunks.put_nowait, loop, embedding=embedding, stream=stream)
     engine.submit(request)
     return chunks, request
 
@@ -262,7 +261,7 @@ async def score(state: RunnerState, http: HttpRequest) -> Response:
         return error(400, str(e))
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    request = Request([], SamplingParams(), lambda c: loop.call_soon_threadsafe(chunks.put_nowait, c), score=job)
+    request = Request([], SamplingParams(), chunks.put_nowait, loop, score=job)
     engine.submit(request)
     watcher = asyncio.create_task(_cancel_on_disconnect(http, engine, request, chunks))
     try:

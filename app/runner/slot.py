@@ -7,6 +7,7 @@ turn of the same conversation) evaluates only what is new.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -27,11 +28,17 @@ _ids = itertools.count(1)
 
 @dataclass
 class Request:
-    """One /completion, /embedding or /score call; `emit` hands chunks to the HTTP side from the decode thread."""
+    """One /completion, /embedding or /score call.
+
+    `emit` hands a chunk to the HTTP side: the engine calls it on `loop` (the
+    HTTP side's event loop), a step's chunks for all requests in one call, or on
+    the decode thread when there is no loop.
+    """
 
     prompt: list[int]
     params: SamplingParams
     emit: Callable[[Chunk], None]
+    loop: asyncio.AbstractEventLoop | None = None
     embedding: bool = False
     score: ScoreJob | None = None  # a /score request: windows to evaluate, not a prompt to continue
     stream: bool = True  # False: one chunk at the end, so the HTTP side is not woken per token
