@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.runner import engine as engine_module
@@ -92,3 +93,31 @@ def test_drafts_only_for_a_lone_stream_on_the_cpu(model: Model) -> None:
     assert engine._draft(slot, 11, others=1, lone=False) == []
     slot.lookup = PromptLookup(8, 1, pattern * 4)
     assert engine._draft(slot, 11, others=0, lone=True)[:2] == [12, 13]
+
+
+def test_greedy_by_argmax_picks_what_the_greedy_chain_picks(model: Model) -> None:
+    """The argmax shortcut and llama.cpp's own greedy chain agree, banned (ignore_eos) tokens included."""
+    import llama_cpp as llama
+
+    from app.runner.sampling import Sampler
+
+    tokens = model.tokenize("one two three four five six seven")
+    array = (llama.llama_token * len(tokens))(*tokens)
+    llama.llama_memory_clear(model.memory, True)
+    batch = llama.llama_batch_get_one(array, len(tokens))
+    assert llama.llama_decode(model.ctx, batch) == 0
+    logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(model.ctx, -1), shape=(model.n_vocab,))
+    top = [int(t) for t in np.argsort(-logits)[:3]]
+    greedy = SamplingParams.from_json({"temperature": 0})
+    for banned in ([], [top[0]], top[:2]):
+        fast = Sampler(greedy, model.vocab, model.n_vocab, banned)
+        chain = Sampler(greedy, model.vocab, model.n_vocab, banned)
+        chain.argmax = False
+        try:
+            assert fast.argmax
+            picked = fast.sample(model.ctx, -1)
+            assert picked == chain.sample(model.ctx, -1) == top[len(banned)]
+        finally:
+            fast.close()
+            chain.close()
+    llama.llama_memory_clear(model.memory, True)

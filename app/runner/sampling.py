@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 #: Most top entries per token: each is kept for the whole answer of a non-streamed request.
 MAX_N_PROBS = 100
@@ -173,6 +174,8 @@ class Sampler:
         self, params: SamplingParams, vocab: llama.llama_vocab_p, n_vocab: int, banned: list[int] | None = None
     ) -> None:
         self.penalties = None
+        self._row = ctypes.c_float * n_vocab  # a view type for one row of llama.cpp's logits
+        self.banned = sorted(set(banned or ()))
         self.chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = lambda s: llama.llama_sampler_chain_add(self.chain, s)  # noqa: E731
         if banned:  # ignore_eos: end-of-generation tokens can never be picked, as in llama-server
@@ -192,6 +195,9 @@ class Sampler:
             except ValueError:
                 self.close()
                 raise
+        #: Greedy with nothing to reshape the logits but banned tokens: an argmax over llama.cpp's logits
+        #: in place, where the chain would first copy all n_vocab candidates (0.16 ms a token for SmolLM2).
+        self.argmax = params.temperature <= 0 and not self.penalized and not params.grammar
         if params.temperature <= 0:
             add(llama.llama_sampler_init_greedy())
             return
@@ -214,6 +220,15 @@ class Sampler:
 
     def sample(self, ctx: llama.llama_context_p, index: int) -> int:
         """Pick the next token from the logits at batch `index` (and accept it)."""
+        if self.argmax:
+            row = self._row.from_address(ctypes.addressof(llama.llama_get_logits_ith(ctx, index).contents))
+            logits = np.frombuffer(row, dtype=np.float32)
+            token = int(logits.argmax())  # the first of equal maxima, as llama.cpp's greedy sampler picks
+            if self.banned and token in self.banned:
+                allowed = logits.copy()
+                allowed[self.banned] = -np.inf
+                token = int(allowed.argmax())
+            return token
         return int(llama.llama_sampler_sample(self.chain, ctx, index))
 
     def close(self) -> None:
