@@ -9,7 +9,11 @@ and `loam serve` (which starts its own runner). Each streams the same greedy
 from the first streamed token to the last. Then a warm `loam ask --verbose`
 (model loaded, 8 tokens) is timed from spawn to exit, and the server's own
 total duration is subtracted: what remains is ask's start-up, its HTTP round
-trip and its printing. Prints medians and ratios.
+trip and its printing. Last, the same 256-token answer is asked for by `loam
+ask` and by the chat TUI (headless under Textual's Pilot, stats panel shown,
+in a child process like ask), alternating; the server's eval rate of each is
+compared: the chat's drawing shares the two cores with the model. Prints
+medians and ratios.
 """
 
 from __future__ import annotations
@@ -80,36 +84,114 @@ def ask_overhead(server: ServerProcess, model: str) -> float:
     return wall - go_seconds(total.split(":", 1)[1])
 
 
+CHAT_OPTIONS = {"num_predict": N_TOKENS, "temperature": 0, "ignore_eos": True, "num_thread": 2}
+
+#: A child process: the chat TUI under Pilot asks one question and prints the answer's figures as JSON.
+CHAT_CHILD = """
+import asyncio, json, sys, time
+from app.tui.app import LoamApp
+from app.tui.chat import MessageView, PromptInput
+
+async def main(model, prompt, options):
+    app = LoamApp(model=model, verbose=True, new=True, autostart=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        while app.client is None or app.session is None:
+            await pilot.pause(0.05)
+        await app.update_session(options=options)
+        box = app.query_one(PromptInput)
+        box.focus()
+        box.text = prompt
+        cpu = time.process_time()
+        await pilot.press("enter")
+        while not app.answering:
+            await pilot.pause(0.01)
+        while app.answering:  # a cheap check: querying the screen while it streams would cost the model
+            await pilot.pause(0.25)
+        done = [v for v in app.query(MessageView) if v.role == "assistant" and v.stats]
+        errors = [v.content for v in app.query(MessageView) if v.role == "error"]
+        if not done:
+            raise SystemExit(errors[0] if errors else "the chat ended without an answer")
+        print(json.dumps(done[0].stats | {"cpu_seconds": time.process_time() - cpu}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+"""
+
+
+def ask_eval_rate(server: ServerProcess, model: str, salt: int) -> float:
+    """The server's eval rate for a 256-token `loam ask` answer."""
+    flags = [f"-o{name}={str(value).lower()}" for name, value in CHAT_OPTIONS.items()]
+    argv = [sys.executable, "-m", "app", "ask", "-m", model, "--verbose", *flags, f"{salt}. {PROMPT}"]
+    done = subprocess.run(argv, cwd=REPO, env=server.env, capture_output=True, text=True, check=True)
+    line = next(line for line in done.stderr.splitlines() if line.startswith("eval rate:"))
+    return float(line.split(":", 1)[1].split()[0])
+
+
+def chat_eval_rate(server: ServerProcess, model: str, salt: int) -> float:
+    """The server's eval rate for the same answer asked in the chat TUI, stats panel shown."""
+    argv = [sys.executable, "-c", CHAT_CHILD, model, f"{salt}. {PROMPT}", json.dumps(CHAT_OPTIONS)]
+    done = subprocess.run(argv, cwd=REPO, env=server.env, capture_output=True, text=True, check=True)
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["eval_count"] == N_TOKENS, stats
+    return stats["eval_count"] / stats["eval_duration"] * 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True, help="a model store holding --model")
     parser.add_argument("--model", default="smollm2:135m")
-    parser.add_argument("--llama-server", type=Path, required=True)
+    parser.add_argument("--llama-server", type=Path, help="needed unless --only-chat")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only-chat", action="store_true", help="measure only the chat's eval rate against ask's")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"runner": [], "llama-server": [], "loam serve": []}
-    overheads: list[float] = []
     with tempfile.TemporaryDirectory() as home, ServerProcess(args.models, Path(home)) as serve:
         serve_rate(serve.url, args.model, -1)  # loads the model; its runner's flags are the ones used below
-        found = re.search(r"--model (\S+)", _runner_argv(serve))
-        assert found, "loam serve started no runner"
-        model_path = Path(found.group(1))
-        flags = ("--ctx-size", "4096", "--parallel", "1", "--batch-size", "512", "--threads", "2")
-        with (
-            RunnerProcess(model_path, *flags) as runner,
-            RunnerProcess(model_path, *flags, executable=args.llama_server) as server,
-        ):
-            for rnd in range(args.rounds):
-                rates["runner"].append(completion_rate(runner.url, rnd))
-                rates["llama-server"].append(completion_rate(server.url, rnd))
-                rates["loam serve"].append(serve_rate(serve.url, args.model, rnd))
-                overheads.append(ask_overhead(serve, args.model))
+        if not args.only_chat:
+            assert args.llama_server, "--llama-server PATH is needed (or --only-chat)"
+            streaming(serve, args.model, args.llama_server, args.rounds)
+        chat_against_ask(serve, args.model, args.rounds)
+
+
+def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int) -> None:
+    """Streamed tok/s of loam serve, its runner alone and llama-server; then ask's overhead."""
+    rates: dict[str, list[float]] = {"runner": [], "llama-server": [], "loam serve": []}
+    overheads: list[float] = []
+    found = re.search(r"--model (\S+)", _runner_argv(serve))
+    assert found, "loam serve started no runner"
+    model_path = Path(found.group(1))
+    flags = ("--ctx-size", "4096", "--parallel", "1", "--batch-size", "512", "--threads", "2")
+    with (
+        RunnerProcess(model_path, *flags) as runner,
+        RunnerProcess(model_path, *flags, executable=llama_server) as server,
+    ):
+        for rnd in range(rounds):
+            rates["runner"].append(completion_rate(runner.url, rnd))
+            rates["llama-server"].append(completion_rate(server.url, rnd))
+            rates["loam serve"].append(serve_rate(serve.url, model, rnd))
+            overheads.append(ask_overhead(serve, model))
     med = {k: statistics.median(v) for k, v in rates.items()}
     for name, value in med.items():
         print(f"{name:<14} {value:6.1f} tok/s streamed ({N_TOKENS} tokens)")
     print(f"loam serve / runner alone:  {med['loam serve'] / med['runner']:.2f}x")
     print(f"loam serve / llama-server:  {med['loam serve'] / med['llama-server']:.2f}x")
+    runs = ", ".join(f"{o * 1000:.0f}" for o in overheads)
     print(f"warm loam ask, wall time minus the server's total duration: {statistics.median(overheads) * 1000:.0f} ms")
+    print(f"  (runs: {runs} ms)")
+
+
+def chat_against_ask(serve: ServerProcess, model: str, rounds: int) -> None:
+    """The server's eval rate for the same answer asked by `loam ask` and in the chat, alternating."""
+    rates: dict[str, list[float]] = {"ask": [], "chat": []}
+    for rnd in range(rounds):
+        order = ("ask", "chat") if rnd % 2 == 0 else ("chat", "ask")
+        for who in order:
+            measure = ask_eval_rate if who == "ask" else chat_eval_rate
+            rates[who].append(measure(serve, model, 100 + rnd))
+    ask_rate, chat_rate = (statistics.median(rates[k]) for k in ("ask", "chat"))
+    print(f"eval rate, {N_TOKENS} tokens: loam ask {ask_rate:.1f} tok/s, chat TUI {chat_rate:.1f} tok/s")
+    shown = {k: [round(r, 1) for r in v] for k, v in rates.items()}
+    paired = statistics.median(c / a for c, a in zip(rates["chat"], rates["ask"]))
+    print(f"chat / ask eval rate:       {chat_rate / ask_rate:.2f}x of medians, {paired:.2f}x median of rounds")
+    print(f"  (runs: {shown})")
 
 
 def _runner_argv(serve: ServerProcess) -> str:

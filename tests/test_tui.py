@@ -83,7 +83,14 @@ def test_send_stream_stats_and_reopen(server: ServerProcess, loam_home: Path, tm
     async def steps(app: LoamApp) -> None:
         await say(app, "/set parameter num_predict 24")
         await until(app, lambda: app.session is not None and app.session.options.get("num_predict") == 24)
-        reply = await ask_and_wait(app, "Why is the sky blue?")
+        prompt = app.query_one(PromptInput)
+        assert prompt.cursor_blink
+        await say(app, "Why is the sky blue?")
+        await until(app, lambda: app.answering)
+        assert not prompt.cursor_blink, "a blink is a frame, taken from the model while it answers"
+        await until(app, lambda: not app.answering)
+        assert prompt.cursor_blink
+        reply = list(app.query("MessageView.assistant").results(MessageView))[-1]
         assert reply.content.strip()
         assert "tokens/s" in str(reply.query_one(".figures").render())
         panel = app.query_one(StatsPanel)

@@ -225,10 +225,13 @@ class LoamApp(App[None]):
     @work(exclusive=True, group="answer")
     async def answer(self, text: str) -> None:
         """Stream one answer into the chat, then store both messages with the answer's figures."""
+        prompt = self.query_one(PromptInput)
+        prompt.cursor_blink = False  # a blink is a frame, and frames take CPU from the model while it answers
         try:
             await self._answer(text)
         finally:
             self.answering = False
+            prompt.cursor_blink = True
 
     async def _answer(self, text: str) -> None:
         history, session = self.require_session()

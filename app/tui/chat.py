@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 from textual import events
@@ -11,8 +13,9 @@ from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
 from textual.highlight import highlight
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Markdown, Sparkline, Static, TextArea
-from textual.widgets.markdown import MarkdownFence, MarkdownStream
+from textual.widgets.markdown import MarkdownFence
 
 from app.stats import Stats, short_duration
 from app.tui.keys import NEWLINE_KEYS
@@ -40,6 +43,55 @@ class ThemedMarkdown(Markdown):
     BLOCKS = {**Markdown.BLOCKS, "fence": ThemedFence, "code_block": ThemedFence}
 
 
+#: A streaming answer is drawn at most this often...
+DRAW_INTERVAL = 0.25
+#: ...and at least this often, however long a frame takes...
+DRAW_INTERVAL_MAX = 1.0
+#: ...and otherwise as often as keeps the drawing's CPU time under this share of the wall time
+#: (a frame costs the model more than its own CPU time: see DrawPacer).
+DRAW_BUDGET = 0.01
+#: Empty lines a streaming answer holds below its text, so that most frames do not change its height.
+RESERVE_LINES = 8
+
+
+class DrawPacer:
+    """When a streaming answer may be drawn again.
+
+    A draw lays out and repaints the screen, twice: 10-40 ms of CPU on a small
+    machine, more as the chat grows. Where the model's threads have every core, a
+    frame costs the model more than its own time, as its threads wait at each step
+    for the one that lost its core: on 2 cores, drawing every 0.6 s cost 8% of the
+    eval rate, once a second under 5% (benchmarks/server.py). So the pacer times
+    what each draw cost, from the new text to the frame on screen, and spaces the
+    next one to keep drawing within DRAW_BUDGET of the time, between DRAW_INTERVAL
+    and DRAW_INTERVAL_MAX apart: a faster machine or a shorter chat draws more often.
+    """
+
+    def __init__(
+        self,
+        budget: float = DRAW_BUDGET,
+        interval: tuple[float, float] = (DRAW_INTERVAL, DRAW_INTERVAL_MAX),
+        cpu: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget, self.interval, self.cpu, self.clock = budget, interval, cpu, clock
+        self.next = clock() + interval[0]
+        self._began: float | None = None
+
+    def due(self) -> bool:
+        return self._began is None and self.clock() >= self.next
+
+    def drawing(self) -> None:
+        """A draw begins now; `drawn` is to be called once its frame is on screen."""
+        self._began = self.cpu()
+
+    def drawn(self) -> None:
+        cost = self.cpu() - self._began if self._began is not None else 0.0
+        self._began = None
+        low, high = self.interval
+        self.next = self.clock() + min(max(cost / self.budget, low), high)
+
+
 class MessageView(Vertical, can_focus=True):
     """One chat message: who said it, the Markdown body, and for answers a line of figures.
 
@@ -65,7 +117,7 @@ class MessageView(Vertical, can_focus=True):
         self.content = content
         self.stats = stats
         self.stopped = False
-        self._stream: MarkdownStream | None = None
+        self._reserved = 0  # lines held below a streaming answer (see append)
 
     def compose(self) -> ComposeResult:
         yield Static(self.author, classes="who", markup=False)
@@ -84,22 +136,33 @@ class MessageView(Vertical, can_focus=True):
         return f"{stats.eval_count} tokens · {stats.eval_rate:.1f} tokens/s · {short_duration(stats.total_duration)}"
 
     async def append(self, text: str) -> None:
-        """Add streamed text; Textual's MarkdownStream batches renders when text comes faster than they draw."""
+        """Add streamed text, parsed from the last block on, within the caller's frame.
+
+        The caller paces and batches the text (DrawPacer), because every frame costs
+        the model CPU. The message also keeps RESERVE_LINES of room below the text:
+        while its height holds, the log neither grows nor scrolls, so a frame repaints
+        this message alone instead of everything on screen. The room is a page of
+        the log (the answer starts at the top, as in a document) and grows by pages.
+        """
         self.content += text
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.query_one(ThemedMarkdown))
-        await self._stream.write(text)
+        body = self.query_one(ThemedMarkdown)
+        await body.append(text)
+        used = body.size.height + 1  # as of the last layout, with the author's line
+        if used + RESERVE_LINES // 2 >= self._reserved:
+            page = self.parent.size.height - 2 if isinstance(self.parent, Widget) else 0
+            self._reserved = used + max(RESERVE_LINES, page)
+            self.styles.min_height = self._reserved
 
     async def finish(self, stats: dict[str, Any] | None = None, stopped: bool = False) -> None:
         """End streaming with one full render of the whole text, and show the figures.
 
         A stopped answer is marked on screen only; `content` stays what the model wrote.
         """
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
         if not self.is_attached:  # the chat was cleared or switched while this answer streamed
             return
+        if self._reserved:
+            self._reserved = 0
+            self.styles.min_height = None
         self.stopped = stopped
         if self.role not in ("error", "note"):
             await self.query_one(ThemedMarkdown).update(self.content + ("\n\n*[stopped]*" if stopped else ""))
@@ -192,7 +255,7 @@ class StatsPanel(Vertical):
     StatsPanel { width: 36; dock: right; border-left: solid $panel-lighten-2; padding: 0 1; background: $surface; }
     StatsPanel > .title { text-style: bold; color: $primary; margin-bottom: 1; }
     StatsPanel > #figures { height: auto; }
-    StatsPanel > #live { margin-top: 1; color: $accent; height: auto; }
+    StatsPanel > #live { margin-top: 1; color: $accent; height: 1; }
     StatsPanel > .caption { margin-top: 1; color: $text-muted; }
     StatsPanel > Sparkline { height: 3; }
     """
@@ -230,7 +293,7 @@ class StatsPanel(Vertical):
 
     def show_live(self, rate: float, pieces: int) -> None:
         """While an answer streams: its rate so far."""
-        self.query_one("#live", Static).update(f"live {rate:7.1f} tok/s {pieces:>6} tok")
+        self.query_one("#live", Static).update(f"live {rate:7.1f} tok/s {pieces:>6} tok", layout=False)
 
     def end_live(self) -> None:
         """A stopped answer has no final figures: clear the live line."""

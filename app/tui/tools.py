@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -31,14 +30,12 @@ from app.tools.builtin import BUILTINS, builtin_tools
 from app.tools.calls import ToolCall
 from app.tools.loop import Decision, Tool, Toolbox, ToolResult, TurnEvents
 from app.tools.mcp import McpError, McpManager
-from app.tui.chat import ChatLog, MessageView, StatsPanel
+from app.tui.chat import ChatLog, DrawPacer, MessageView, StatsPanel
 from app.tui.models_screen import panel_css
 
 if TYPE_CHECKING:
     from app.tui.app import LoamApp
 
-#: Streamed text is drawn at most this often (as for answers without tools).
-REDRAW_SECONDS = 0.2
 #: Characters of arguments shown in a call block's title.
 TITLE_ARGS = 60
 
@@ -195,13 +192,13 @@ class ChatEvents(TurnEvents):
         self.reply: MessageView | None = None
         self.pending: list[str] = []
         self.live = LiveRate()
-        self.flushed = time.monotonic()
+        self.pacer = DrawPacer()
         self.results: list[str] = []
         self.stored = 0
 
     async def step_started(self, step: int) -> None:
         self.reply = self.app.message_view("assistant", "")
-        self.pending, self.live, self.flushed = [], LiveRate(), time.monotonic()
+        self.pending, self.live, self.pacer = [], LiveRate(), DrawPacer()
         await self.log.mount(self.reply)
         self.log.anchor()
 
@@ -210,15 +207,18 @@ class ChatEvents(TurnEvents):
         if text:
             self.live.piece()
             self.pending.append(text)
-        if self.pending and (chunk.get("done") or time.monotonic() - self.flushed >= REDRAW_SECONDS):
-            await self._flush()
-            self.panel.show_live(self.live.rate, self.live.pieces + 1)
+        if self.pending and (chunk.get("done") or self.pacer.due()):
+            self.pacer.drawing()
+            with self.app.batch_update():  # the text and the live figures in one frame
+                await self._flush()
+                self.panel.show_live(self.live.rate, self.live.pieces + 1)
+            # a draw is two frames: the new text's, then the one for the sizes it changed
+            self.app.call_after_refresh(self.app.call_after_refresh, self.pacer.drawn)
 
     async def _flush(self) -> None:
         if self.reply is not None and self.pending:
             await self.reply.append("".join(self.pending))
         self.pending.clear()
-        self.flushed = time.monotonic()
 
     async def message(self, message: dict[str, Any], final: dict[str, Any] | None) -> None:
         if message["role"] == "assistant":

@@ -1,0 +1,90 @@
+"""How the chat draws a streaming answer: paced by what frames cost, in a message that keeps room below its text."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.tui import tools
+from app.tui.app import LoamApp
+from app.tui.chat import ChatLog, DrawPacer, MessageView, ThemedMarkdown
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.cpu_time = 0.0
+        self.wall = 100.0
+
+    def cpu(self) -> float:
+        return self.cpu_time
+
+    def clock(self) -> float:
+        return self.wall
+
+
+def test_the_first_draw_waits_for_the_shortest_interval() -> None:
+    c = Clocks()
+    pacer = DrawPacer(budget=0.05, interval=(0.25, 1.0), cpu=c.cpu, clock=c.clock)
+    assert not pacer.due()
+    c.wall += 0.25
+    assert pacer.due()
+
+
+@pytest.mark.parametrize(
+    ("cost", "gap"),
+    [(0.001, 0.25), (0.02, 0.4), (0.2, 1.0)],  # cheap frames: the floor; dear ones: the ceiling
+)
+def test_the_next_draw_is_spaced_by_what_the_last_one_cost(cost: float, gap: float) -> None:
+    c = Clocks()
+    pacer = DrawPacer(budget=0.05, interval=(0.25, 1.0), cpu=c.cpu, clock=c.clock)
+    c.wall += 0.3
+    pacer.drawing()
+    assert not pacer.due(), "a draw still on its way to the screen"
+    c.cpu_time += cost
+    pacer.drawn()
+    c.wall += gap - 0.01
+    assert not pacer.due()
+    c.wall += 0.02
+    assert pacer.due()
+
+
+def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks go straight into the chat's event handler: drawing is what is tested, not the server."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(tools, "DrawPacer", lambda: DrawPacer(budget=1.0, interval=(0.05, 0.05)))
+    app = LoamApp(model="smollm2:135m", verbose=True, new=True, autostart=False, host="127.0.0.1:9")
+    seen_while_streaming: list[str] = []
+    words = [f"word{i} " for i in range(40)] + ["\n\n```python\nprint(1)\n```\n"]
+
+    async def run() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            while app.session is None:
+                await pilot.pause(0.05)
+            events = tools.ChatEvents(app, app.session.id)
+            await events.step_started(0)
+            reply = events.reply
+            assert reply is not None
+            for word in words:
+                await events.chunk({"message": {"role": "assistant", "content": word}})
+                await asyncio.sleep(0.01)
+            await pilot.pause(0.2)
+            body = reply.query_one(ThemedMarkdown)
+            seen_while_streaming.append(body.source)
+            assert reply.styles.min_height is not None, "a streaming answer holds room below its text"
+            assert reply.size.height > body.size.height + 1
+            final = {"done": True, "eval_count": 41, "eval_duration": 10**9, "total_duration": 2 * 10**9}
+            await events.message({"role": "assistant", "content": "".join(words)}, final)
+            await pilot.pause(0.2)
+            assert reply.styles.min_height is None
+            assert reply.size.height <= body.size.height + 3  # the author's line and the figures
+            assert body.source == "".join(words)
+            assert len(app.query_one(ChatLog).query(MessageView)) >= 1
+
+    asyncio.run(run())
+    assert seen_while_streaming[0].startswith("word0 word1"), seen_while_streaming
