@@ -7,7 +7,7 @@ the same requests, rounds interleaved and their order alternating, so drift in
 the machine's speed hits both alike. Measured, as a client sees it:
 
   generation, 1 stream     tok/s from the first token to the last (128 tokens, end tokens ignored)
-  TTFT, 1 stream           request sent to first token, a 20-word prompt
+  TTFT, 1 stream           request sent to first token, a 20-word prompt (median of 3 a round)
   aggregate, 4 streams     all tokens / wall time, 4 concurrent requests on 4 slots
   mean TTFT, 4 at once     4 requests of ~200 unique prompt tokens sent together, 4 slots
 
@@ -78,7 +78,8 @@ def together(n: int, fn: Callable[[int], tuple[float, float, int]]) -> list[tupl
 
 
 def measure_single(url: str, salt: int) -> dict[str, float]:
-    ttft, _, _ = stream(url, f"{salt}. {SHORT}", 8)
+    """One round on one slot: the median first-token time of three short prompts, then a generation."""
+    ttft = statistics.median(stream(url, f"{salt}.{k} {SHORT}", 8)[0] for k in range(3))
     _, gen, count = stream(url, f"{salt + 1}. {SHORT}", 128)
     return {"gen": (count - 1) / gen, "ttft": ttft}
 

@@ -135,6 +135,13 @@ def chat_eval_rate(server: ServerProcess, model: str, salt: int) -> float:
     return stats["eval_count"] / stats["eval_duration"] * 1e9
 
 
+def python_start() -> float:
+    """Seconds to spawn `python -c pass` and see it exit."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True, help="a model store holding --model")
@@ -155,6 +162,7 @@ def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int)
     """Streamed tok/s of loam serve, its runner alone and llama-server; then ask's overhead."""
     rates: dict[str, list[float]] = {"runner": [], "llama-server": [], "loam serve": []}
     overheads: list[float] = []
+    starts: list[float] = []  # `python -c pass`: the interpreter's own start, which no command can beat
     found = re.search(r"--model (\S+)", _runner_argv(serve))
     assert found, "loam serve started no runner"
     model_path = Path(found.group(1))
@@ -168,6 +176,7 @@ def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int)
             rates["llama-server"].append(completion_rate(server.url, rnd))
             rates["loam serve"].append(serve_rate(serve.url, model, rnd))
             overheads.append(ask_overhead(serve, model))
+            starts.append(python_start())
     med = {k: statistics.median(v) for k, v in rates.items()}
     for name, value in med.items():
         print(f"{name:<14} {value:6.1f} tok/s streamed ({N_TOKENS} tokens)")
@@ -175,7 +184,7 @@ def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int)
     print(f"loam serve / llama-server:  {med['loam serve'] / med['llama-server']:.2f}x")
     runs = ", ".join(f"{o * 1000:.0f}" for o in overheads)
     print(f"warm loam ask, wall time minus the server's total duration: {statistics.median(overheads) * 1000:.0f} ms")
-    print(f"  (runs: {runs} ms)")
+    print(f"  (runs: {runs} ms); of it, Python's own start (python -c pass): {statistics.median(starts) * 1000:.0f} ms")
 
 
 def chat_against_ask(serve: ServerProcess, model: str, rounds: int) -> None:
@@ -189,7 +198,7 @@ def chat_against_ask(serve: ServerProcess, model: str, rounds: int) -> None:
     ask_rate, chat_rate = (statistics.median(rates[k]) for k in ("ask", "chat"))
     print(f"eval rate, {N_TOKENS} tokens: loam ask {ask_rate:.1f} tok/s, chat TUI {chat_rate:.1f} tok/s")
     shown = {k: [round(r, 1) for r in v] for k, v in rates.items()}
-    paired = statistics.median(c / a for c, a in zip(rates["chat"], rates["ask"]))
+    paired = statistics.median(c / a for c, a in zip(rates["chat"], rates["ask"], strict=True))
     print(f"chat / ask eval rate:       {chat_rate / ask_rate:.2f}x of medians, {paired:.2f}x median of rounds")
     print(f"  (runs: {shown})")
 
