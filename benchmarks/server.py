@@ -5,7 +5,8 @@
 Three servers of the same model file, with the flags `loam serve` gives its
 runner (4096 context, 1 slot, 2 threads): loam's runner alone, llama-server,
 and `loam serve` (which starts its own runner). Each streams the same greedy
-256-token answer (end tokens ignored), rounds interleaved; the client times
+256-token answer (end tokens ignored), rounds interleaved and each side taking
+its turn first; the client times
 from the first streamed token to the last. Then a warm `loam ask --verbose`
 (model loaded, 8 tokens) is timed from spawn to exit, and the server's own
 total duration is subtracted: what remains is ask's start-up, its HTTP round
@@ -171,10 +172,15 @@ def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int)
         RunnerProcess(model_path, *flags) as runner,
         RunnerProcess(model_path, *flags, executable=llama_server) as server,
     ):
+        measures = {
+            "runner": lambda rnd: completion_rate(runner.url, rnd),
+            "llama-server": lambda rnd: completion_rate(server.url, rnd),
+            "loam serve": lambda rnd: serve_rate(serve.url, model, rnd),
+        }
+        names = list(measures)
         for rnd in range(rounds):
-            rates["runner"].append(completion_rate(runner.url, rnd))
-            rates["llama-server"].append(completion_rate(server.url, rnd))
-            rates["loam serve"].append(serve_rate(serve.url, model, rnd))
+            for name in names[rnd % 3 :] + names[: rnd % 3]:  # each goes first in turn: drift hits all alike
+                rates[name].append(measures[name](rnd))
             overheads.append(ask_overhead(serve, model))
             starts.append(python_start())
     med = {k: statistics.median(v) for k, v in rates.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,9 @@ def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
 
     async def run() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            while app.session is None:
+            while app.client is None:
                 await pilot.pause(0.05)
+            assert gc.get_freeze_count() > 0, "start-up's objects are frozen out of the collector's walks"
             events = tools.ChatEvents(app, app.session.id)
             await events.step_started(0)
             reply = events.reply
