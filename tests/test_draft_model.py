@@ -304,3 +304,25 @@ def test_api_show_lists_the_draft_and_requests_check_draft_num_predict(served: S
     )
     assert bad.status_code == 400
     assert bad.json() == {"error": "options.draft_num_predict: must be between 1 and 64, got 0"}
+
+
+def test_a_loaded_model_counts_its_draft_in_its_memory(served: ServerProcess, drafted: Store) -> None:
+    """/api/ps's size is the plan for the model and its draft, which the runner loads beside it."""
+    from app.hardware.devices import Inventory
+    from app.hardware.estimate import estimate
+    from app.hardware.placement import plan
+
+    loaded = httpx.post(
+        served.url + "/api/generate",
+        json={"model": "big", "prompt": "hi", "stream": False, "options": {"num_predict": 1}},
+        timeout=120,
+    )
+    assert loaded.status_code == 200, loaded.text
+    ps = next(m for m in httpx.get(served.url + "/api/ps", timeout=30).json()["models"] if m["name"].startswith("big"))
+    details = drafted.show(ModelName.parse("big"))
+    opts = load_options(merged(details.parameters, {}), details.info.context_length, 1)
+    shape = (opts.num_ctx * opts.parallel, opts.parallel, "f16", opts.num_batch)
+    alone = estimate(drafted.blobs.path(model_digest(drafted, "big")), *shape)
+    both = alone.with_draft(estimate(drafted.blobs.path(model_digest(drafted, "little:1m")), *shape))
+    cpu = Inventory((), (), 64 << 30, 60 << 30)
+    assert ps["size"] == plan(both, cpu).size > plan(alone, cpu).size

@@ -85,6 +85,21 @@ def test_one_gpu_too_small_offloads_as_many_layers_as_fit() -> None:
     assert p.runner_args() == ["--n-gpu-layers", "14", "--main-gpu", "0"]
 
 
+def test_a_draft_model_is_placed_with_the_model() -> None:
+    """A pair that fits one GPU only without its draft goes partly to the CPU instead of failing to load."""
+    est = synthetic()
+    draft = synthetic(n_layers=16, layer=100 * MIB, kv=16 * MIB, output=250 * MIB)
+    both = est.with_draft(draft)
+    assert both.total == est.total + draft.total + draft.input_bytes
+    assert plan(est, inventory(9)).n_gpu_layers == 33
+    partial = plan(both, inventory(9))
+    assert 0 < partial.n_gpu_layers < 33
+    assert partial.gpu_bytes[0] <= 9 * GIB - GPU_RESERVE
+    assert plan(both, inventory(12)).n_gpu_layers == 33
+    on_cpu = plan(both, inventory())
+    assert on_cpu.cpu_bytes == plan(est, inventory()).cpu_bytes + draft.total + draft.input_bytes
+
+
 def test_eight_gpus_share_a_model_too_big_for_one() -> None:
     est = synthetic(n_layers=80, layer=2 * GIB, kv=256 * MIB, output=2 * GIB)
     inv = inventory(*[40] * 8)

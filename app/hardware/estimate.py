@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,17 @@ class MemoryEstimate:
     def total(self) -> int:
         """Everything on one device: what a full offload puts on a GPU (the input layer stays in RAM)."""
         return sum(self.layer_bytes) + self.output_bytes + self.kv_bytes + self.compute_bytes
+
+    def with_draft(self, draft: MemoryEstimate) -> MemoryEstimate:
+        """This model with a draft model loaded beside it (a Modelfile's DRAFT), for placing both.
+
+        The runner loads the draft with the model's context, slots and GPU layers,
+        so it is split much as the model is; planning holds the draft's whole size
+        (weights, KV cache, compute) beside the compute buffer of every device the
+        model uses: an upper bound, which keeps a pair that does not fit off a GPU
+        instead of failing to load there.
+        """
+        return replace(self, compute_bytes=self.compute_bytes + draft.total + draft.input_bytes)
 
 
 def allocated_context(ctx_size: int, parallel: int = 1) -> int:

@@ -212,14 +212,10 @@ class Scheduler:
     async def _load(self, req: LoadRequest) -> Loaded:
         started = time.perf_counter()
         opts = req.options
-        est = await asyncio.to_thread(
-            estimate,
-            req.model,
-            opts.num_ctx * opts.parallel,
-            opts.parallel,
-            self.settings.kv_cache_type,
-            opts.num_batch,
-        )
+        shape = (opts.num_ctx * opts.parallel, opts.parallel, self.settings.kv_cache_type, opts.num_batch)
+        est = await asyncio.to_thread(estimate, req.model, *shape)
+        if req.draft is not None:  # loaded in the same runner, with the same context and slots
+            est = est.with_draft(await asyncio.to_thread(estimate, req.draft, *shape))
         current, inventory = await self._make_room(est, opts.num_gpu)
         while True:
             runner = self._start(req, current, inventory)
