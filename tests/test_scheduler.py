@@ -84,3 +84,38 @@ def test_unloading_a_deleted_model_does_not_wait_for_its_requests(tiny_gguf: Pat
 
     matched, idle_stopped, still_serving, stopped_after, unknown = asyncio.run(scenario())
     assert matched and idle_stopped and still_serving and stopped_after and not unknown
+
+
+SLOW_TO_STOP = """#!/usr/bin/env python3
+import signal, sys, time
+# Stands for a runner writing its slots' states at SIGTERM: it takes a while, then exits by itself.
+signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), sys.exit(0)))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(("grace", "killed"), [(6.0, False), (0.3, True)])
+def test_a_runner_gets_its_grace_to_stop_before_a_kill(
+    tmp_path: Path, tiny_gguf: Path, grace: float, killed: bool
+) -> None:
+    from app.server.runners import Runner, RunnerCommand
+
+    script = tmp_path / "slow-runner"
+    script.write_text(SLOW_TO_STOP)
+    script.chmod(0o755)
+    runner = Runner(RunnerCommand(script), tiny_gguf, [], tmp_path, stop_grace=grace)
+
+    async def stop() -> None:
+        await asyncio.sleep(0.5)  # the script has set its handler
+        await runner.stop()
+
+    asyncio.run(stop())
+    assert (runner.proc.returncode == -9) is killed, runner.proc.returncode
+
+
+def test_the_stop_grace_covers_writing_the_disk_cache() -> None:
+    from app.server.runners import STOP_GRACE, stop_grace
+
+    assert stop_grace(0) == STOP_GRACE == 5.0
+    assert stop_grace(4 * 10**9) == 25.0  # LOAM_CACHE_DISK's default at 200 MB/s
+    assert stop_grace(10**15) == 60.0

@@ -82,7 +82,7 @@ class Engine:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=20)  # the slots' states are being kept
+        self._thread.join(timeout=60)  # the slots' states are being kept (the server allows up to a minute)
 
     def submit(self, request: Request) -> None:
         with self._cond:

@@ -48,6 +48,17 @@ class RunnerError(LoamError):
         self.kind = kind
 
 
+#: Seconds a runner has to exit after SIGTERM when it keeps no states on disk.
+STOP_GRACE = 5.0
+#: A slower disk than most: states are written at stop at least this fast, in bytes a second.
+STATE_WRITE_RATE = 200e6
+
+
+def stop_grace(state_dir_bytes: int) -> float:
+    """How long a runner may take to stop: time to write a full disk cache of states (at most a minute) more."""
+    return STOP_GRACE + min(55.0, max(0, state_dir_bytes) / STATE_WRITE_RATE)
+
+
 @dataclass(frozen=True)
 class RunnerCommand:
     """What to execute: loam's runner (None) or a llama-server binary."""
@@ -73,10 +84,18 @@ class Runner:
     """One runner child process and an HTTP client for it."""
 
     def __init__(
-        self, command: RunnerCommand, model: Path, args: list[str], log_dir: Path, timeout: float = 60.0
+        self,
+        command: RunnerCommand,
+        model: Path,
+        args: list[str],
+        log_dir: Path,
+        timeout: float = 60.0,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
-        """`timeout`: seconds without a byte from the runner on a request before it counts as wedged (0: never)."""
+        """`timeout`: seconds without a byte from the runner on a request before it counts as wedged (0: never);
+        `stop_grace`: seconds it has to exit after SIGTERM (it may be saving its slots' states) before SIGKILL."""
         self.timeout = timeout
+        self.stop_grace = stop_grace
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"runner-{self.port}.log"
@@ -263,11 +282,11 @@ class Runner:
         return RunnerError(f"runner made no progress for {self.timeout:g} s; it was stopped and will reload", "wedged")
 
     async def stop(self) -> None:
-        """Terminate the process (kill it after 5 s) and close the client."""
+        """Terminate the process (kill it after `stop_grace` seconds) and close the client."""
         await self.client.aclose()
         if self.alive:
             self.proc.terminate()
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + self.stop_grace
             while self.alive and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if self.alive:

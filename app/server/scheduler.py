@@ -22,7 +22,7 @@ from pathlib import Path
 from app.errors import ConfigError, LoamError
 from app.hardware import Inventory, MemoryEstimate, Plan, estimate, fallback, plan
 from app.server.options import LoadOptions
-from app.server.runners import Runner, RunnerCommand, RunnerError
+from app.server.runners import Runner, RunnerCommand, RunnerError, stop_grace
 
 log = logging.getLogger("loam.server")
 
@@ -292,7 +292,8 @@ class Scheduler:
             if self.settings.state_dir is not None and self.settings.state_dir_bytes >> 20 > 0:
                 args += ["--cache-disk", str(self.settings.state_dir), "--cache-key", req.model.name]  # sha256-...
                 args += ["--cache-disk-size", str(self.settings.state_dir_bytes >> 20)]
-        return Runner(command, req.model, args, self.settings.log_dir, self.settings.runner_timeout)
+        disk = self.settings.state_dir_bytes if command.llama_server is None and self.settings.state_dir else 0
+        return Runner(command, req.model, args, self.settings.log_dir, self.settings.runner_timeout, stop_grace(disk))
 
     def _command(self, inventory: Inventory) -> RunnerCommand:
         """llama-server when one is configured and the GPUs need a backend loam's llama.cpp lacks."""
