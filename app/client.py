@@ -13,6 +13,7 @@ and logging to the state dir, and waits until it answers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -75,7 +76,7 @@ def parse_chunk(line: str | bytes) -> dict[str, Any] | None:
     if item.get("done") is True:  # the final figures are numbers, or the reply is not Ollama's
         for name in FIELDS:
             value = item.get(name, 0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ServerError(f"the server's final line is malformed: {name}: not a number ({value!r:.40})")
     return item
 
@@ -148,7 +149,7 @@ class Client:
             response = Response(sock)
             if response.status >= 400:
                 raise error_of(response.status, response.reason, response.read())
-        except (OSError, http11.ProtocolError) as e:
+        except (OSError, ValueError, http11.ProtocolError) as e:
             sock.close()
             raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
         except ServerError:
@@ -178,7 +179,7 @@ class Client:
         try:
             http11.send(sock, self.host, "GET", "/api/version", None, {})
             return Response(sock).status == 200
-        except (OSError, http11.ProtocolError):
+        except (OSError, ValueError, http11.ProtocolError):
             return False
         finally:
             sock.close()

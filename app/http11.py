@@ -15,6 +15,8 @@ from collections.abc import Iterator
 #: Bounds on what a server may send before its body: a longer line or more headers is a protocol error.
 MAX_LINE = 65536
 MAX_HEADERS = 100
+#: The largest chunk of a chunked body this client takes (loam's and Ollama's servers send one line a chunk).
+MAX_CHUNK = 1 << 30
 
 
 class ProtocolError(Exception):
@@ -29,7 +31,7 @@ class Response:
         self.file = sock.makefile("rb")
         self.status, self.reason = _status_line(self._line())
         self.headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS):
+        for _ in range(MAX_HEADERS + 1):
             line = self._line()
             if not line.strip():
                 break
@@ -70,19 +72,23 @@ class Response:
     def _chunked(self) -> Iterator[bytes]:
         while True:
             size_field = self._line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_field, 16)
-            except ValueError:
-                raise ProtocolError(f"a chunk size that is not hexadecimal: {size_field[:20]!r}") from None
+            if not size_field or not all(c in b"0123456789abcdefABCDEF" for c in size_field) or len(size_field) > 16:
+                raise ProtocolError(f"a chunk size that is not hexadecimal: {size_field[:20]!r}")
+            size = int(size_field, 16)
+            if size > MAX_CHUNK:
+                raise ProtocolError(f"a chunk of {size} bytes, more than this client takes")
             if size == 0:
                 while self._line().strip():  # trailers, then the blank line
                     pass
                 return
-            data = self.file.read(size)
-            if len(data) < size:
-                raise ConnectionResetError("the server closed the connection mid-chunk")
-            yield data
-            self._line()  # the CRLF after the chunk
+            while size > 0:
+                data = self.file.read1(min(size, 65536))
+                if not data:
+                    raise ConnectionResetError("the server closed the connection mid-chunk")
+                size -= len(data)
+                yield data
+            if self._line().strip():
+                raise ProtocolError("a chunk longer than its size said")
 
     def lines(self) -> Iterator[bytes]:
         """The body's lines (without their newlines), the last one even without a newline."""
@@ -104,7 +110,7 @@ class Response:
 def _status_line(line: bytes) -> tuple[int, str]:
     version, _, rest = line.decode("latin-1").strip().partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not (code.isdigit() and len(code) == 3):
+    if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit() and len(code) == 3):
         raise ProtocolError(f"not an HTTP/1.x status line: {line[:60]!r}")
     return int(code), reason
 

@@ -262,7 +262,7 @@ def test_ask_help_is_quick_to_import() -> None:
 
 
 def test_asking_imports_neither_httpx_nor_pydantic(home: Home) -> None:
-    """A warm `loam ask` is a start-up race; the CLI client is the standard library's http.client."""
+    """A warm `loam ask` is a start-up race; the CLI's client speaks HTTP over a plain socket (app/http11.py)."""
     code = (
         "import sys\nfrom app.cli import main\nrc = main(['ask', '-m', 'smollm2:135m', '-o', 'num_predict=3', 'Hi'])\n"
         "print('MODULES', sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'pydantic', 'textual')),"
