@@ -119,3 +119,33 @@ def test_the_stop_grace_covers_writing_the_disk_cache() -> None:
     assert stop_grace(0) == STOP_GRACE == 5.0
     assert stop_grace(4 * 10**9) == 25.0  # LOAM_CACHE_DISK's default at 200 MB/s
     assert stop_grace(10**15) == 60.0
+
+
+def test_a_runner_slow_to_stop_does_not_hold_up_other_models(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Unloading waits for the runner, but not under the lock every other request takes."""
+    from app.hardware.estimate import estimate
+    from app.hardware.placement import plan
+    from app.server.runners import Runner, RunnerCommand
+    from app.server.scheduler import Loaded
+
+    inventory = Inventory(backends=(), gpus=(), ram_total=16 << 30, ram_free=16 << 30)
+    script = tmp_path / "slow-runner"
+    script.write_text(SLOW_TO_STOP)
+    script.chmod(0o755)
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        scheduler = Scheduler(Settings(log_dir=tmp_path / "logs"), lambda: inventory, has_gpu_backend=False)
+        slow = LoadRequest("slow", "sha256:" + "2" * 64, tiny_gguf, LoadOptions(num_ctx=256))
+        est = estimate(tiny_gguf, 256)
+        runner = Runner(RunnerCommand(script), tiny_gguf, [], tmp_path, stop_grace=6.0)
+        scheduler.loaded["slow"] = Loaded(slow, runner, plan(est, inventory), est, 0.0, 256)
+        await asyncio.sleep(0.5)  # the script has set its handler
+        unloading = asyncio.create_task(scheduler.unload("slow"))
+        await asyncio.sleep(0.1)
+        async with scheduler._cond:  # what every acquire takes first: free while the runner still writes
+            still_stopping = runner.alive and not unloading.done()
+        unloaded = await unloading
+        return still_stopping, unloaded, runner.alive
+
+    still_stopping, unloaded, alive = asyncio.run(scenario())
+    assert still_stopping and unloaded and not alive

@@ -104,6 +104,7 @@ class Scheduler:
         self._inventory = inventory
         self._has_gpu_backend = has_gpu_backend
         self.loaded: dict[str, Loaded] = {}
+        self._stopping: set[asyncio.Task[None]] = set()  # runners told to stop, still writing their states
         self._cond = asyncio.Condition()
         self.in_flight = 0
 
@@ -152,15 +153,18 @@ class Scheduler:
             self._forget(loaded)
 
     async def unload(self, name: str) -> bool:
-        """Unload a model now (waiting for its requests to end); False if it was not loaded."""
+        """Unload a model now (waiting for its requests to end, then its runner); False if it was not loaded."""
+        stopping = None
         async with self._cond:
             loaded = self.loaded.get(name)
             if loaded is None:
                 return False
             await self._cond.wait_for(lambda: loaded.refs == 0)
             if self.loaded.get(name) is loaded:
-                await self._stop(loaded)
-            return True
+                stopping = self._stop(loaded)
+        if stopping is not None:
+            await stopping  # outside the lock: other models' requests go on meanwhile
+        return True
 
     async def unload_model(self, name_or_digest: str) -> bool:
         """A model is being deleted: stop its runners now, without waiting; False if none was loaded.
@@ -169,21 +173,24 @@ class Scheduler:
         as its last request ends, and the caller does not wait for that.
         """
         matches = [m for m in self.loaded.values() if name_or_digest in (m.name, m.request.digest)]
+        stopping = []
         for loaded in matches:
             if loaded.refs > 0:
                 loaded.unload_when_idle = True
                 continue
             async with self._cond:
                 if loaded.refs == 0 and self.loaded.get(loaded.name) is loaded:
-                    await self._stop(loaded)
+                    stopping.append(self._stop(loaded))
                 else:
                     loaded.unload_when_idle = True
+        await asyncio.gather(*stopping)  # outside the lock: other models' requests go on meanwhile
         return bool(matches)
 
     async def shutdown(self) -> None:
         async with self._cond:
             for loaded in list(self.loaded.values()):
-                await self._stop(loaded)
+                self._stop(loaded)
+        await asyncio.gather(*self._stopping)  # together: each may be writing its states
 
     def kill_all(self) -> None:
         """Last resort at interpreter exit: no runner outlives the server."""
@@ -206,7 +213,7 @@ class Scheduler:
             old = loaded
             await self._cond.wait_for(lambda old=old: old.refs == 0 or self.loaded.get(req.name) is not old)
             if self.loaded.get(req.name) is loaded:
-                await self._stop(loaded)
+                await self._stop(loaded)  # its memory must be free before the reload is planned
         return await self._load(req)
 
     async def _load(self, req: LoadRequest) -> Loaded:
@@ -244,6 +251,8 @@ class Scheduler:
 
     async def _make_room(self, est: MemoryEstimate, num_gpu: int) -> tuple[Plan, Inventory]:
         """Evict idle runners, least recently used first, until the model fits or none is left."""
+        if self._stopping:
+            await asyncio.gather(*self._stopping)  # runners on their way out still hold their memory
         while True:
             inventory = await asyncio.to_thread(self._inventory)
             chosen = plan(est, inventory, None if num_gpu < 0 else num_gpu)
@@ -307,13 +316,25 @@ class Scheduler:
     async def _expire(self, loaded: Loaded) -> None:
         async with self._cond:
             if loaded.refs == 0 and self.loaded.get(loaded.name) is loaded:
-                await self._stop(loaded)
+                self._stop(loaded)
 
-    async def _stop(self, loaded: Loaded) -> None:
+    def _stop(self, loaded: Loaded) -> asyncio.Task[None]:
+        """Forget a runner and stop it in a task of its own, which a caller awaits when it needs the memory.
+
+        A runner keeping a disk cache may take a while to write its states
+        (runners.stop_grace); waiting for that under the lock would hold up every
+        other model's requests.
+        """
         self._forget(loaded)
+        task = asyncio.create_task(self._end(loaded))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        self._cond.notify_all()
+        return task
+
+    async def _end(self, loaded: Loaded) -> None:
         await loaded.runner.stop()
         log.info("unloaded %s", loaded.name)
-        self._cond.notify_all()
 
     def _forget(self, loaded: Loaded) -> None:
         if loaded.timer:
