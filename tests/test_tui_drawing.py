@@ -51,6 +51,17 @@ def test_the_next_draw_is_spaced_by_what_the_last_one_cost(cost: float, gap: flo
     assert pacer.due()
 
 
+def test_a_draw_whose_frame_never_reports_does_not_stop_drawing() -> None:
+    c = Clocks()
+    pacer = DrawPacer(budget=0.05, interval=(0.25, 1.0), cpu=c.cpu, clock=c.clock)
+    c.wall += 0.3
+    pacer.drawing()
+    c.wall += 0.9
+    assert not pacer.due()
+    c.wall += 0.2
+    assert pacer.due()
+
+
 def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,6 +119,11 @@ class LoamApp(App[None]):
         except LoamError as e:
             await self.post_note(str(e), "error")
             return
+        # What start-up made (Textual's widgets and styles, the imported modules) lives as long as the
+        # chat: frozen, the garbage collector no longer walks it, which took 40-70 ms of CPU an answer.
+        # Before the session's messages are mounted: those go when the chat is cleared or switched.
+        gc.collect()
+        gc.freeze()
         await self.open_session(session)
         try:
             host = await asyncio.to_thread(ensure_server, self.host) if self.autostart else self.host
@@ -131,10 +136,6 @@ class LoamApp(App[None]):
         self.server_state = "connected" if await client.answers() else f"no server at {host}"
         self.client = client
         self.update_bar()
-        # What start-up made (Textual's widgets and styles, the imported modules) lives as long as the
-        # chat: frozen, the garbage collector no longer walks it, which took 40-70 ms of CPU an answer.
-        gc.collect()
-        gc.freeze()
 
     def _first_session(self) -> Session:
         """The latest chat, unless a new one was asked for or another model was named."""
@@ -231,8 +232,8 @@ class LoamApp(App[None]):
     async def answer(self, text: str) -> None:
         """Stream one answer into the chat, then store both messages with the answer's figures."""
         prompt = self.query_one(PromptInput)
-        prompt.cursor_blink = False  # a blink is a frame, and frames take CPU from the model while it answers
         try:
+            prompt.cursor_blink = False  # a blink is a frame, and frames take CPU from the model while it answers
             await self._answer(text)
         finally:
             self.answering = False

@@ -76,14 +76,18 @@ class DrawPacer:
     ) -> None:
         self.budget, self.interval, self.cpu, self.clock = budget, interval, cpu, clock
         self.next = clock() + interval[0]
-        self._began: float | None = None
+        self._began: float | None = None  # CPU time when the draw in flight began
+        self._began_at = 0.0
 
     def due(self) -> bool:
-        return self._began is None and self.clock() >= self.next
+        now = self.clock()
+        if self._began is not None and now - self._began_at > self.interval[1]:
+            self._began = None  # its frame never reported (a screen closed meanwhile drops the callback)
+        return self._began is None and now >= self.next
 
     def drawing(self) -> None:
         """A draw begins now; `drawn` is to be called once its frame is on screen."""
-        self._began = self.cpu()
+        self._began, self._began_at = self.cpu(), self.clock()
 
     def drawn(self) -> None:
         cost = self.cpu() - self._began if self._began is not None else 0.0
