@@ -40,10 +40,15 @@ DELIVERY_WAIT = 0.005
 
 def _hand_over(group: list[tuple[Request, Chunk]], done: threading.Event | None) -> None:
     """On the HTTP side's loop: queue each chunk, and signal once the streams woken by them have run."""
-    for request, chunk in group:
-        request.emit(chunk)
-    if done is not None:
-        asyncio.get_running_loop().call_soon(done.set)  # after the tasks these chunks woke
+    try:
+        for request, chunk in group:
+            try:
+                request.emit(chunk)
+            except Exception:  # noqa: BLE001 - one request's failure must not cost the others their chunks
+                traceback.print_exc()
+    finally:
+        if done is not None:
+            asyncio.get_running_loop().call_soon(done.set)  # after the tasks these chunks woke
 
 
 class Engine:
@@ -62,6 +67,9 @@ class Engine:
         self.draft_lone_only = model.options.n_gpu_layers == 0
         self._batch = llama.llama_batch_init(self.batch_size, 0, 1)
         self._outbox: list[tuple[Request, Chunk]] = []  # chunks of this pass, handed over at its end
+        #: Wait for the HTTP side between decodes on the CPU only, where it would take the decode's cores;
+        #: beside a GPU decode it costs nothing and is better done at the same time.
+        self.delivery_wait = DELIVERY_WAIT if model.options.n_gpu_layers == 0 else 0.0
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -168,7 +176,7 @@ class Engine:
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 continue
             sent.append(done)
-        deadline = time.monotonic() + DELIVERY_WAIT
+        deadline = time.monotonic() + self.delivery_wait
         for done in sent:
             done.wait(max(0.0, deadline - time.monotonic()))
 
