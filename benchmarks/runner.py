@@ -11,8 +11,9 @@ the machine's speed hits both alike. Measured, as a client sees it:
   aggregate, 4 streams     all tokens / wall time, 4 concurrent requests on 4 slots
   mean TTFT, 4 at once     4 requests of ~200 unique prompt tokens sent together, 4 slots
 
-Prints the median of each and loam's ratio to llama-server (higher is better
-for tok/s, lower for times). loam's runner runs as shipped: prompt-lookup
+Prints the median of each, the ratio of the medians, and the median of the
+rounds' own ratios (each round's two sides ran back to back, so that one is
+the less hurt by the machine's speed drifting over the run). loam's runner runs as shipped: prompt-lookup
 drafting is on (it rarely fires on these prompts); `--no-draft` turns it off.
 """
 
@@ -107,11 +108,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-draft", action="store_true", help="run loam's runner with --draft-max 0")
+    parser.add_argument("--only", choices=("1", "4"), help="measure only with 1 slot or only with 4")
     args = parser.parse_args()
     threads = ("--threads", str(args.threads))
     loam_extra = ("--draft-max", "0") if args.no_draft else ()
     results: dict[str, dict[str, list[float]]] = {"loam": {}, "llama-server": {}}
     for slots, ctx, measure in ((1, 2048, measure_single), (4, 8192, measure_four)):
+        if args.only and args.only != str(slots):
+            continue
         flags = ("--ctx-size", str(ctx), "--parallel", str(slots), *threads)
         with (
             RunnerProcess(args.model, *flags, *loam_extra) as loam,
@@ -122,14 +126,18 @@ def main() -> None:
                 for label, url in sides if rnd % 2 == 0 else sides[::-1]:
                     for key, value in measure(url, 1000 * rnd + 7).items():
                         results[label].setdefault(key, []).append(value)
-    print(f"{'':<38}{'loam':>12}{'llama-server':>14}{'ratio':>9}")
+    print(f"{'':<38}{'loam':>12}{'llama-server':>14}{'ratio':>9}{'paired':>9}")
     for key, name, unit, higher in FIGURES:
-        ours, theirs = (statistics.median(results[side][key]) for side in ("loam", "llama-server"))
+        if key not in results["loam"]:
+            continue
+        mine, theirs_all = results["loam"][key], results["llama-server"][key]
+        ours, theirs = statistics.median(mine), statistics.median(theirs_all)
+        paired = statistics.median(a / b for a, b in zip(mine, theirs_all, strict=True))
         scale = 1000 if unit == "ms" else 1
         better = "higher is better" if higher else "lower is better"
         print(
             f"{name:<38}{ours * scale:>8.1f} {unit:<5}{theirs * scale:>8.1f} {unit:<5}"
-            f"{ours / theirs:>6.2f}x  ({better})"
+            f"{ours / theirs:>6.2f}x{paired:>8.2f}x  ({better})"
         )
 
 
