@@ -13,7 +13,7 @@ import pytest
 from textual.app import App
 from textual.pilot import Pilot
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, OptionList, Static, TabbedContent, TextArea
+from textual.widgets import Button, DataTable, Input, OptionList, Static, TabbedContent, TextArea
 
 from app.async_client import AsyncClient
 from app.display import human_bytes
@@ -22,7 +22,7 @@ from app.store.create import create
 from app.store.modelfile import parse
 from app.store.names import ModelName
 from app.store.store import Store
-from app.tui.models_screen import model_row, short_digest
+from app.tui.models_screen import SERVER_DEFAULTS, model_row, short_digest
 from app.tui.screens import (
     ConfirmScreen,
     InfoScreen,
@@ -30,6 +30,8 @@ from app.tui.screens import (
     PullScreen,
     SettingsScreen,
     info_rows,
+    model_parameters,
+    parameter_defaults,
     parse_field,
 )
 from tests.ggufmaker import write_tiny_llama
@@ -278,6 +280,76 @@ def test_info_of_a_missing_model_shows_the_error(server: ServerProcess) -> None:
     drive(InfoScreen(AsyncClient(server.host), "missing-model"), scenario)
 
 
+def test_info_parameters_show_the_chat_over_the_model_over_the_defaults(server: ServerProcess) -> None:
+    chat = {"temperature": 0.2, "stop": ["<end>", "User:"], "num_gpu": None}
+
+    async def scenario(pilot: Pilot[None], host: Host) -> None:
+        lines = pilot.app.screen.query_one("#text-parameters", TextArea).text.splitlines()
+        marks = {" ".join(line.split()) for line in lines}
+        assert "num_ctx 256 (model)" in marks
+        assert "temperature 0.2 (this chat)" in marks
+        assert {'stop "<end>" (this chat)', 'stop "User:" (this chat)'} <= marks
+        assert "top_k 40 (default)" in marks
+        assert not any(line.startswith(("temperature", "num_gpu")) and "(this chat)" not in line for line in lines)
+
+    async def chat_over_model(pilot: Pilot[None], host: Host) -> None:
+        text = pilot.app.screen.query_one("#text-parameters", TextArea).text
+        assert [" ".join(line.split()) for line in text.splitlines() if line.startswith("num_ctx")] == [
+            "num_ctx 1024 (this chat)"
+        ]
+
+    drive(InfoScreen(AsyncClient(server.host), "tiny", section="parameters", options=chat), scenario)
+    drive(
+        InfoScreen(AsyncClient(server.host), "tiny", section="parameters", options={"num_ctx": 1024}), chat_over_model
+    )
+
+
+def test_info_opens_with_the_tab_text_focused(server: ServerProcess) -> None:
+    async def parameters(pilot: Pilot[None], host: Host) -> None:
+        text = pilot.app.screen.query_one("#text-parameters", TextArea)
+        assert text.has_focus and text.cursor_location == (0, 0)
+        await pilot.press("down")
+        assert text.cursor_location == (1, 0)
+
+    async def info(pilot: Pilot[None], host: Host) -> None:
+        assert pilot.app.focused is pilot.app.screen.query_one("#info-scroll")
+
+    drive(InfoScreen(AsyncClient(server.host), "tiny", section="parameters"), parameters)
+    drive(InfoScreen(AsyncClient(server.host), "tiny"), info)
+
+
+def test_model_parameters_are_typed_and_stop_lines_gather() -> None:
+    show = {
+        "parameters": 'num_ctx         256\ntemperature     0.7\nstop            "<|im_end|>"\n'
+        'stop            "User: \\"x\\""\nuse_mmap        False\nmystery         9\n',
+        "model_info": {"general.architecture": "llama", "llama.context_length": 2048},
+    }
+    parameters = model_parameters(show)
+    assert parameters == {
+        "num_ctx": 256,
+        "temperature": 0.7,
+        "stop": ["<|im_end|>", 'User: "x"'],
+        "use_mmap": False,
+        "mystery": "9",
+    }
+    assert type(parameters["num_ctx"]) is int and type(parameters["temperature"]) is float
+    assert model_parameters({}) == {}
+    defaults = parameter_defaults(show)
+    assert defaults["num_ctx"] == 256 and defaults["temperature"] == 0.7 and defaults["top_k"] == 40
+    assert parameter_defaults({"model_info": show["model_info"]})["num_ctx"] == 2048, "capped at the trained context"
+
+
+def test_server_defaults_are_what_the_server_uses() -> None:
+    from app.runner.sampling import SamplingParams
+    from app.server.options import LoadOptions
+
+    sampling, load = SamplingParams(), LoadOptions()
+    runner_names = {"num_predict": "n_predict"}
+    for name, value in SERVER_DEFAULTS.items():
+        source = load if name == "num_ctx" else sampling
+        assert getattr(source, runner_names.get(name, name)) == value, name
+
+
 def test_info_rows_follow_ollama_show() -> None:
     show = {
         "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
@@ -321,15 +393,87 @@ def test_pull_from_the_picker_shows_layers_then_highlights_the_model(server: Ser
         pull.query_one("#name", Input).value = PULLABLE
         await pilot.press("enter")
         await settle(pilot, "pull")
-        assert pilot.app.screen is picker and [short_digest(d) for d in pull.layer_bars] == [
+        assert pilot.app.screen is pull and [short_digest(d) for d in pull.layer_bars] == [
             f"sha256:{sha256_of(server.home.parent / 'pullable.gguf')[:8]}…"
         ]
+        # Closing the offer keeps the chat's model; the picker highlights the new one.
+        await pilot.press("escape")
         await settle(pilot)
         table = picker.query_one(DataTable)
-        assert table_names(table)[table.cursor_row] == PULLABLE and host.results == []
+        assert pilot.app.screen is picker and table_names(table)[table.cursor_row] == PULLABLE
+        assert host.results == []
 
     drive(ModelPicker(AsyncClient(server.host), "tiny"), scenario)
     assert PULLABLE in tags(server)
+
+
+def test_pull_ends_with_an_offer_and_enter_takes_the_model(server: ServerProcess) -> None:
+    """A finished pull says so and offers the model: Enter dismisses its name, Escape None."""
+
+    async def pull(pilot: Pilot[None]) -> PullScreen:
+        screen = pilot.app.screen
+        assert isinstance(screen, PullScreen)
+        await pilot.press(*PULLABLE, "enter")
+        await settle(pilot, "pull")
+        assert pilot.app.screen is screen and screen.pulled == PULLABLE
+        done = screen.query_one("#done", Static)
+        assert done.display and text_of(done) == f"pulled {PULLABLE}"
+        use = screen.query_one("#use", Button)
+        assert use.has_focus and str(use.label) == f"Use {PULLABLE}" and screen.query_one("#close", Button).display
+        assert screen.query_one("#name", Input).disabled, "Enter answers the offer, it does not pull again"
+        return screen
+
+    async def take(pilot: Pilot[None], host: Host) -> None:
+        await pull(pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+
+    async def close(pilot: Pilot[None], host: Host) -> None:
+        screen = await pull(pilot)
+        await pilot.click("#close")
+        await pilot.pause()
+        assert screen.pulled == PULLABLE
+
+    assert drive(PullScreen(AsyncClient(server.host)), take).results == [PULLABLE]
+    assert drive(PullScreen(AsyncClient(server.host)), close).results == [None]
+
+
+def test_taking_the_pulled_model_in_the_picker_picks_it(server: ServerProcess) -> None:
+    async def scenario(pilot: Pilot[None], host: Host) -> None:
+        await pilot.press("p")
+        await settle(pilot, "catalog")
+        await pilot.press(*PULLABLE, "enter")
+        await settle(pilot, "pull")
+        await pilot.click("#use")
+        await settle(pilot)
+        assert host.results == [PULLABLE]
+
+    drive(ModelPicker(AsyncClient(server.host), "tiny"), scenario)
+
+
+def test_catalog_highlights_a_row_on_focus_and_choosing_only_fills_the_name(
+    loam_home: Path, user_catalog: Path
+) -> None:
+    async def scenario(pilot: Pilot[None], host: Host) -> None:
+        screen = pilot.app.screen
+        options = screen.query_one(OptionList)
+        assert options.highlighted is None, "no row shows as chosen while the name field has focus"
+        await pilot.press("tab", "tab")  # past the Pull button
+        assert options.has_focus and options.highlighted == 0
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        name = screen.query_one("#name", Input)
+        assert name.value == options.get_option_at_index(1).id and name.has_focus
+        # Choosing started nothing: no pull ran, the screen is still open with its form enabled.
+        assert not [w for w in pilot.app.workers if w.group == "pull"]
+        assert text_of(screen.query_one("#status", Static)) == "" and not name.disabled
+        assert pilot.app.screen is screen and host.results == []
+        # Focus leaving and coming back keeps the row the user was on.
+        options.focus()
+        await pilot.pause()
+        assert options.highlighted == 1
+
+    drive(PullScreen(AsyncClient("127.0.0.1:9")), scenario)
 
 
 def test_choosing_a_catalog_entry_fills_the_name(loam_home: Path, user_catalog: Path) -> None:
@@ -430,6 +574,43 @@ def test_settings_cleared_field_unsets_and_cancel_returns_none(loam_home: Path) 
         await pilot.pause()
 
     assert drive(SettingsScreen("s", {"seed": 42}), cancel).results == [None]
+
+
+def test_settings_placeholders_show_the_defaults_and_save_keeps_them_unset(loam_home: Path) -> None:
+    defaults = {"temperature": 0.8, "num_ctx": 256, "stop": ["<|im_end|>", "User:"]}
+
+    async def scenario(pilot: Pilot[None], host: Host) -> None:
+        assert field(pilot, "temperature").placeholder == "0.8 (default)"
+        assert field(pilot, "num_ctx").placeholder == "256 (default)"
+        assert field(pilot, "stop").placeholder == "<|im_end|>, User: (default)"
+        assert field(pilot, "top_k").placeholder == "unset"
+        assert field(pilot, "seed").value == "42"
+        assert field(pilot, "temperature").value == ""
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+
+    host = drive(SettingsScreen("s", {"seed": 42}, defaults=defaults), scenario)
+    assert host.results == [("s", {"seed": 42})]
+
+
+def test_settings_opens_with_the_system_prompt_taking_the_keys(loam_home: Path) -> None:
+    async def scenario(pilot: Pilot[None], host: Host) -> None:
+        system = pilot.app.screen.query_one("#system", TextArea)
+        assert system.has_focus
+        await pilot.press(*"Be kind.")
+        assert system.text == "Be kind."
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+
+    assert drive(SettingsScreen("", {}), scenario).results == [("Be kind.", {})]
+
+
+def test_pull_opens_with_the_name_taking_the_keys(loam_home: Path) -> None:
+    async def scenario(pilot: Pilot[None], host: Host) -> None:
+        await pilot.press(*"smollm2")
+        assert pilot.app.screen.query_one("#name", Input).value == "smollm2"
+
+    drive(PullScreen(AsyncClient("127.0.0.1:9")), scenario)
 
 
 def test_parse_field() -> None:

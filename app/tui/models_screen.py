@@ -7,14 +7,15 @@ so the chat app stays responsive; failures show as one line inside the screen.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import (
     Button,
@@ -36,8 +37,10 @@ from app.async_client import AsyncClient
 from app.display import human_bytes
 from app.errors import InvalidName, LoamError
 from app.measure import results
+from app.server.options import DEFAULT_NUM_CTX
 from app.store.catalog import Catalog, CatalogEntry
 from app.store.names import ModelName
+from app.store.parameters import PARAMETERS, ParameterError, coerce
 
 EMPTY_STORE = "No models yet — press p to pull one"
 PULL_PLACEHOLDER = "model name, e.g. smollm2:135m"
@@ -47,6 +50,25 @@ NOT_MEASURED = "Nothing measured on this machine yet: run `loam bench NAME` or `
 CURRENT_MARK = "● "
 #: What a call to the server may fail with; the screens show it as a line, never a traceback.
 FAILURES = (LoamError, httpx.HTTPError)
+#: What loam's server uses for a parameter that neither the model nor the request sets: num_ctx from
+#: app.server.options (capped at the model's context length), the rest from the runner's SamplingParams.
+#: Kept here because importing the runner loads llama.cpp; a test checks that they agree.
+SERVER_DEFAULTS: dict[str, Any] = {
+    "num_ctx": DEFAULT_NUM_CTX,
+    "num_predict": -1,
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "repeat_last_n": 64,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "seed": -1,
+}
+#: Where a parameter's value comes from, strongest first, as the info screen marks it.
+FROM_CHAT, FROM_MODEL, FROM_DEFAULT = "this chat", "model", "default"
 
 
 def panel_css(screen: str, width: int = 80) -> str:
@@ -105,6 +127,88 @@ def info_rows(show: dict[str, Any]) -> list[tuple[str, str]]:
 def section_text(show: dict[str, Any], section: str) -> str:
     """The text of one info tab other than "info", or "(none)" when the model has none."""
     return str(show.get(section) or "").strip() or "(none)"
+
+
+def model_parameters(show: dict[str, Any]) -> dict[str, Any]:
+    """The model's own parameters from /api/show's "parameters" text, typed as PARAMETERS says.
+
+    Each line is `NAME VALUE` (text values JSON-quoted); repeated `stop` lines make a list.
+    A name or value the parameter table refuses is kept as its text, so nothing is hidden.
+    """
+    parameters: dict[str, Any] = {}
+    for line in str(show.get("parameters") or "").splitlines():
+        name, _, raw = line.strip().partition(" ")
+        raw = raw.strip()
+        if not name or not raw:
+            continue
+        value: Any = raw
+        if raw.startswith('"'):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                pass
+        try:
+            value = coerce(name, value)
+        except ParameterError:
+            value = raw
+        earlier = parameters.get(name)
+        if isinstance(value, list) and isinstance(earlier, list):
+            parameters[name] = [*earlier, *value]
+        else:
+            parameters[name] = value
+    return parameters
+
+
+def server_defaults(show: dict[str, Any]) -> dict[str, Any]:
+    """SERVER_DEFAULTS for this model: num_ctx no larger than the context it was trained for."""
+    defaults = dict(SERVER_DEFAULTS)
+    info = show.get("model_info") or {}
+    trained = info.get(f"{info.get('general.architecture')}.context_length")
+    if isinstance(trained, int) and trained > 0:
+        defaults["num_ctx"] = min(defaults["num_ctx"], trained)
+    return defaults
+
+
+def parameter_defaults(show: dict[str, Any]) -> dict[str, Any]:
+    """What a chat that sets no parameter gets: the model's parameters over the server's defaults."""
+    return {**server_defaults(show), **model_parameters(show)}
+
+
+def effective_parameters(show: dict[str, Any], options: dict[str, Any] | None) -> list[tuple[str, Any, str]]:
+    """(name, value, source) of every parameter in effect for a chat with `options`, in PARAMETERS order.
+
+    The chat's options override the model's parameters, which override the server's defaults.
+    """
+    layers = (
+        (FROM_CHAT, {k: v for k, v in (options or {}).items() if v is not None}),
+        (FROM_MODEL, model_parameters(show)),
+        (FROM_DEFAULT, server_defaults(show)),
+    )
+    chosen: dict[str, tuple[Any, str]] = {}
+    for source, values in layers:
+        for name, value in values.items():
+            chosen.setdefault(name, (value, source))
+    order = {name: i for i, name in enumerate(PARAMETERS)}
+    names = sorted(chosen, key=lambda name: (order.get(name, len(order)), name))
+    return [(name, *chosen[name]) for name in names]
+
+
+def parameter_value_text(value: Any) -> str:
+    """One value as `ollama show` prints it: text quoted, booleans in lower case."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def parameters_text(show: dict[str, Any], options: dict[str, Any] | None) -> str:
+    """The parameters tab: one line per value in effect, marked with where it comes from."""
+    lines = [
+        (name, parameter_value_text(item), source)
+        for name, value, source in effective_parameters(show, options)
+        for item in (value if isinstance(value, list) else [value])
+    ]
+    width = max((len(shown) for _, shown, _ in lines), default=0)
+    return "\n".join(f"{name:<18} {shown:<{width}}   ({source})" for name, shown, source in lines) or "(none)"
 
 
 def short_digest(digest: str) -> str:
@@ -167,29 +271,37 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class InfoScreen(ModalScreen[None]):
-    """What `ollama show` tells about a model, one tab per section."""
+    """What `ollama show` tells about a model, one tab per section.
+
+    The parameters tab shows what is in effect for the chat whose `options` are given: those options
+    over the model's parameters over the server's defaults, each line marked with where it comes from.
+    """
 
     DEFAULT_CSS = (
         panel_css("InfoScreen", 100)
         + """
     InfoScreen > #panel { height: 85%; }
     InfoScreen TabbedContent, InfoScreen ContentSwitcher, InfoScreen TabPane, InfoScreen TextArea { height: 1fr; }
+    InfoScreen #info-scroll { height: 1fr; }
     """
     )
     BINDINGS = [Binding("escape", "close", "Close", id="info.close")]
 
-    def __init__(self, client: AsyncClient, name: str, section: str = "info") -> None:
+    def __init__(
+        self, client: AsyncClient, name: str, section: str = "info", *, options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.client = client
         self.model_name = name
         self.section = section if section in SECTIONS else "info"
+        self.options = dict(options or {})
 
     def compose(self) -> ComposeResult:
         with Vertical(id="panel"):
             yield Label(Text(self.model_name), classes="title")
             yield Static("", classes="error")
             with TabbedContent(initial=self.section):
-                with TabPane("info", id="info"):
+                with TabPane("info", id="info"), VerticalScroll(id="info-scroll"):
                     yield Static("loading…", id="info-rows")
                 for section in SECTIONS[1:]:
                     with TabPane(section, id=section):
@@ -198,6 +310,8 @@ class InfoScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         show_error(self, "")
+        # The tab's text, not the tab strip, takes the keys: they scroll what the screen was opened to show.
+        self.query_one("#info-scroll" if self.section == "info" else f"#text-{self.section}").focus()
         self.load()
 
     @work(exclusive=True)
@@ -210,6 +324,7 @@ class InfoScreen(ModalScreen[None]):
         self.query_one("#info-rows", Static).update(info_text(show))
         for section in SECTIONS[1:-1]:
             self.query_one(f"#text-{section}", TextArea).text = section_text(show, section)
+        self.query_one("#text-parameters", TextArea).text = parameters_text(show, self.options)
         self.query_one("#text-measured", TextArea).text = await self._measured()
 
     async def _measured(self) -> str:
@@ -255,24 +370,50 @@ class LayerProgress(Vertical):
         self.query_one(ProgressBar).update(total=total, progress=completed)
 
 
+class CatalogList(OptionList):
+    """The catalog's models; a row is highlighted whenever the list has focus, so the keys act on what shows."""
+
+    def on_focus(self, event: events.Focus) -> None:
+        self.highlight_first()
+
+    def highlight_first(self) -> None:
+        """Highlight the first row when nothing is highlighted."""
+        if self.highlighted is None and self.option_count:
+            self.highlighted = 0
+
+
 class PullScreen(ModalScreen[str | None]):
-    """Pull a model by name, or by picking one from the catalog; dismisses the name once pulled."""
+    """Pull a model by name, or by picking one from the catalog.
+
+    Once the pull succeeded the screen says so and offers to switch the chat to the model: it
+    dismisses the name if the user takes it ("Use NAME", Enter), None if they close (Escape).
+    """
 
     DEFAULT_CSS = (
         panel_css("PullScreen", 90)
         + """
     PullScreen #ask { height: auto; }
     PullScreen #name { width: 1fr; }
-    PullScreen OptionList { height: auto; max-height: 10; }
+    PullScreen #catalog { height: auto; max-height: 10; }
+    PullScreen #catalog > .option-list--option-highlighted { background: $primary 30%; color: $foreground; }
+    PullScreen #catalog:focus > .option-list--option-highlighted {
+        background: $primary; color: auto 90%; text-style: bold;
+    }
     PullScreen #layers { height: auto; }
+    PullScreen #done { text-style: bold; color: $success; width: 100%; margin-top: 1; }
     """
     )
-    BINDINGS = [Binding("escape", "close", "Close", id="pull.close")]
+    BINDINGS = [
+        Binding("enter", "use", "Use model", id="pull.use"),
+        Binding("escape", "close", "Close", id="pull.close"),
+    ]
 
     def __init__(self, client: AsyncClient) -> None:
         super().__init__()
         self.client = client
         self.layer_bars: dict[str, LayerProgress] = {}
+        #: The model this screen pulled, once its pull succeeded (also after the user closed the offer).
+        self.pulled: str | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="panel"):
@@ -280,16 +421,28 @@ class PullScreen(ModalScreen[str | None]):
             with Horizontal(id="ask"):
                 yield Input(placeholder=PULL_PLACEHOLDER, id="name")
                 yield Button("Pull", variant="primary", id="pull")
-            yield OptionList(id="catalog")
+            yield CatalogList(id="catalog")
             yield Static("", id="status")
             yield Static("", classes="error")
             yield Vertical(id="layers")
+            yield Static("", id="done")
+            with Horizontal(classes="buttons", id="offer"):
+                yield Button("Close", id="close")
+                yield Button("Use", variant="primary", id="use")
         yield Footer()
 
     def on_mount(self) -> None:
         show_error(self, "")
+        self.query_one("#done").display = False
+        self.query_one("#offer").display = False
         self.query_one("#name", Input).focus()
         self.load_catalog()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Enter takes the pulled model only once there is one; before that it belongs to the form."""
+        if action == "use":
+            return self.pulled is not None
+        return True
 
     @work(group="catalog")
     async def load_catalog(self) -> None:
@@ -299,10 +452,14 @@ class PullScreen(ModalScreen[str | None]):
             show_error(self, f"catalog: {e}")
             return
         options = [Option(catalog_prompt(name, entry), id=name) for name, entry in sorted(catalog.entries.items())]
-        self.query_one(OptionList).add_options(options)
+        listing = self.query_one(CatalogList)
+        listing.add_options(options)
+        if listing.has_focus:  # the list got focus before it had rows
+            listing.highlight_first()
 
     @on(OptionList.OptionSelected)
     def _chosen(self, event: OptionList.OptionSelected) -> None:
+        """A chosen row only fills in the name: the pull starts from the name field or the Pull button."""
         event.stop()
         name_input = self.query_one("#name", Input)
         name_input.value = event.option.id or ""
@@ -316,11 +473,20 @@ class PullScreen(ModalScreen[str | None]):
         if not name:
             show_error(self, "type a model name or choose one from the list")
             return
-        self.pull(name)
+        self.pull(display_name(name))
+
+    @on(Button.Pressed, "#use")
+    @on(Button.Pressed, "#close")
+    def _answered(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "use":
+            self.action_use()
+        else:
+            self.action_close()
 
     @work(exclusive=True, group="pull")
     async def pull(self, name: str) -> None:
-        """Follow the server's progress events; the screen closes once the pull succeeded."""
+        """Follow the server's progress events; once the pull succeeded, offer the model to the chat."""
         self._begin()
         status = ""
         try:
@@ -328,12 +494,12 @@ class PullScreen(ModalScreen[str | None]):
                 status = await self._progress(event)
         except FAILURES as e:
             show_error(self, failure_text(e))
-            return
-        finally:
             self._set_busy(False)
+            return
         if status == "success":
-            self.dismiss(name)
+            self._offer(name)
         else:
+            self._set_busy(False)
             show_error(self, f"the pull of {name} ended without success (last status: {status or 'none'})")
 
     def _begin(self) -> None:
@@ -346,6 +512,18 @@ class PullScreen(ModalScreen[str | None]):
     def _set_busy(self, busy: bool) -> None:
         for widget in self.query("#name, #pull, #catalog"):
             widget.disabled = busy
+
+    def _offer(self, name: str) -> None:
+        """Say the pull is done and ask whether to chat with the model; the form stays disabled."""
+        self.pulled = name
+        done = self.query_one("#done", Static)
+        done.update(Text(f"pulled {name}"))
+        done.display = True
+        use = self.query_one("#use", Button)
+        use.label = Text(f"Use {name}")
+        self.query_one("#offer").display = True
+        use.focus()
+        self.refresh_bindings()
 
     async def _progress(self, event: dict[str, Any]) -> str:
         """Show one progress event: the status line, and the bar of the layer it is about."""
@@ -360,8 +538,13 @@ class PullScreen(ModalScreen[str | None]):
             layer.show(int(event.get("completed") or 0), total)
         return status
 
+    def action_use(self) -> None:
+        """Switch the chat to the pulled model: the screen dismisses its name."""
+        if self.pulled is not None:
+            self.dismiss(self.pulled)
+
     def action_close(self) -> None:
-        """Close; a pull under way is cancelled, which closes its stream so the server stops it."""
+        """Close without switching; a pull under way is cancelled, which closes its stream so the server stops it."""
         self.workers.cancel_node(self)
         self.dismiss(None)
 
@@ -474,6 +657,9 @@ class ModelPicker(ModalScreen[str | None]):
 
     @work(group="change")
     async def _pull(self) -> None:
-        name = await self.app.push_screen_wait(PullScreen(self.client))
-        if name:
-            self.reload(name)
+        """Pull a model: the picker closes with it if the user takes it for the chat, else highlights it."""
+        screen = PullScreen(self.client)
+        if name := await self.app.push_screen_wait(screen):
+            self.dismiss(name)
+        elif screen.pulled:
+            self.reload(screen.pulled)

@@ -25,7 +25,9 @@ from app.tui.models_screen import (
     ModelPicker,
     PullScreen,
     info_rows,
+    model_parameters,
     panel_css,
+    parameter_defaults,
 )
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "PullScreen",
     "SettingsScreen",
     "info_rows",
+    "model_parameters",
+    "parameter_defaults",
     "parse_field",
 ]
 
@@ -92,7 +96,8 @@ class ParameterValidator(Validator):
 class SettingsScreen(ModalScreen[tuple[str, dict[str, Any]] | None]):
     """The chat's system prompt and parameters; dismisses `(system, options)` on Save, None on Cancel.
 
-    Options the form does not offer are kept as they were; an empty field unsets its parameter.
+    Options the form does not offer are kept as they were; an empty field unsets its parameter, and
+    shows as its placeholder the value in effect then (`defaults`: the model's, else the server's).
     """
 
     DEFAULT_CSS = (
@@ -111,11 +116,14 @@ class SettingsScreen(ModalScreen[tuple[str, dict[str, Any]] | None]):
         Binding("ctrl+s", "save", "Save", id="settings.save", priority=True),
         Binding("escape", "close", "Cancel", id="settings.close"),
     ]
+    #: Typing goes to the system prompt, not to the scrolling panel around the form.
+    AUTO_FOCUS = "#system"
 
-    def __init__(self, system: str, options: dict[str, Any]) -> None:
+    def __init__(self, system: str, options: dict[str, Any], *, defaults: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.system = system
         self.options = dict(options)
+        self.defaults = dict(defaults or {})
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="panel"):
@@ -134,7 +142,7 @@ class SettingsScreen(ModalScreen[tuple[str, dict[str, Any]] | None]):
         """One cell of the form: the parameter's name, its input, and its message line (hidden until needed)."""
         field = Input(
             field_text(self.options.get(name)),
-            placeholder="a, b, …" if name == "stop" else "unset",
+            placeholder=self._placeholder(name),
             tooltip=PARAMETERS[name].meaning,
             validators=[ParameterValidator(name)],
             valid_empty=True,
@@ -143,6 +151,13 @@ class SettingsScreen(ModalScreen[tuple[str, dict[str, Any]] | None]):
         error = Static("", classes="error", id=f"error-{name}")
         error.display = False
         return Vertical(Horizontal(Label(name), field), error, classes="field")
+
+    def _placeholder(self, name: str) -> str:
+        """What an empty field means: the default in effect, else that the parameter is unset."""
+        default = field_text(self.defaults.get(name))
+        if default:
+            return f"{default} (default)"
+        return "a, b, …" if name == "stop" else "unset"
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
