@@ -20,6 +20,7 @@ FIELDS = (
     "eval_duration",
     "draft_count",
     "draft_accepted_count",
+    "prompt_cache_count",
 )
 
 
@@ -35,6 +36,7 @@ class Stats:
     eval_duration: int = 0
     draft_count: int = 0  # loam's: tokens drafted and verified (0 from other servers)
     draft_accepted_count: int = 0
+    prompt_cache_count: int = 0  # loam's: prompt tokens served from the slot's cache, not evaluated
 
     @classmethod
     def from_response(cls, final: dict[str, Any]) -> Stats:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import LoamError
-from app.tui.history import (
+from app.history import (
     DEFAULT_TITLE,
     SCHEMA_VERSION,
     History,

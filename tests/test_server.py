@@ -113,6 +113,17 @@ def test_chat_streamed_and_whole_agree_and_carry_timings(client: ollama.Client) 
     assert chunks[-1].prompt_eval_count <= 1
 
 
+def test_a_cached_prompt_is_counted_apart(server: ServerProcess) -> None:
+    """loam's final chunk says how many prompt tokens came from the slot's cache (the chat's panel shows it)."""
+    body = {"model": SMOL, "messages": [{"role": "user", "content": "Name three rivers."}], "options": GREEDY}
+    first = httpx.post(server.url + "/api/chat", json={**body, "stream": False}, timeout=None).json()
+    again = httpx.post(server.url + "/api/chat", json={**body, "stream": False}, timeout=None).json()
+    assert again["prompt_eval_count"] <= 1
+    assert again["prompt_eval_count"] + again["prompt_cache_count"] == first["prompt_eval_count"] + first.get(
+        "prompt_cache_count", 0
+    )
+
+
 def test_generate_returns_context_and_raw(client: ollama.Client) -> None:
     result = client.generate(SMOL, prompt="Name a colour.", options=GREEDY)
     assert result.response and result.done_reason == "length"

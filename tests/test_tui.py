@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from app import config
+from app.history import History
 from app.store.catalog import Catalog
 from app.store.create import create
 from app.store.modelfile import parse
 from app.store.names import ModelName
 from app.store.store import Store
 from app.tui.app import LoamApp
-from app.tui.chat import MessageView, PromptInput, StatsPanel
-from app.tui.history import History
+from app.tui.chat import MessageView, PromptInput
 from app.tui.screens import ModelPicker
+from app.tui.stats_panel import StatsPanel
 from tests.server_process import ServerProcess, clone_store
 
 SMOL = "smollm2:135m"
@@ -94,7 +95,10 @@ def test_send_stream_stats_and_reopen(server: ServerProcess, loam_home: Path, tm
         assert reply.content.strip()
         assert "tokens/s" in str(reply.query_one(".figures").render())
         panel = app.query_one(StatsPanel)
-        assert panel.last is not None and panel.last.eval_rate > 0 and panel.last.prompt_eval_rate > 0
+        assert panel.last is not None and panel.last.stats is not None and panel.last.ended in ("stop", "length")
+        assert panel.last.stats.eval_rate > 0 and panel.last.stats.prompt_eval_rate > 0
+        assert panel.last.first_token_ns > 0
+        assert panel.border_title.startswith(f"{SMOL} · answer 1 · ")
         assert panel.rates and panel.rates[-1] > 0
         seen["session"], seen["answer"] = app.session.id if app.session else None, reply.content
 
@@ -165,9 +169,9 @@ def test_slash_commands_copy_and_export(
         await say(app, "/help")
         await until(app, lambda: any("/unset" in v.content for v in app.query(MessageView).results(MessageView)))
         reply = await ask_and_wait(app, "Write ```python\nprint(1)\n``` back to me.")
-        await app.pilot.press("ctrl+y")  # type: ignore[attr-defined]
+        await app.pilot.press("f8")  # type: ignore[attr-defined]
         assert app.clipboard == reply.content
-        await app.pilot.press("ctrl+e")  # type: ignore[attr-defined]
+        await app.pilot.press("ctrl+s")  # type: ignore[attr-defined]
         assert app.session is not None
         exported = tmp_path / f"loam-chat-{app.session.id}.md"
         await until(app, exported.exists)

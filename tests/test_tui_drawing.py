@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.tui import tools
+from app.tui import turn
 from app.tui.app import LoamApp
 from app.tui.chat import ChatLog, DrawPacer, MessageView, ThemedMarkdown
 
@@ -69,7 +69,7 @@ def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setattr(tools, "DrawPacer", lambda: DrawPacer(budget=1.0, interval=(0.05, 0.05)))
+    monkeypatch.setattr(turn, "DrawPacer", lambda: DrawPacer(budget=1.0, interval=(0.05, 0.05)))
     app = LoamApp(model="smollm2:135m", verbose=True, new=True, autostart=False, host="127.0.0.1:9")
     seen_while_streaming: list[str] = []
     words = [f"word{i} " for i in range(40)] + ["\n\n```python\nprint(1)\n```\n"]
@@ -79,7 +79,7 @@ def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
             while app.client is None:
                 await pilot.pause(0.05)
             assert gc.get_freeze_count() > 0, "start-up's objects are frozen out of the collector's walks"
-            events = tools.ChatEvents(app, app.session.id)
+            events = turn.ChatEvents(app, app.session.id)
             await events.step_started(0)
             reply = events.reply
             assert reply is not None

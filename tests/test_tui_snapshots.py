@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from app.history import History
 from app.stats import Stats
 from app.store.catalog import Catalog
 from app.store.create import create
@@ -17,9 +18,9 @@ from app.store.modelfile import parse
 from app.store.names import ModelName
 from app.store.store import Store
 from app.tui.app import LoamApp
-from app.tui.chat import PromptInput, StatsPanel
-from app.tui.history import History
+from app.tui.chat import PromptInput
 from app.tui.screens import ModelPicker
+from app.tui.stats_panel import Answer, Context, StatsPanel
 from tests.server_process import ServerProcess, clone_store
 
 SIZE = (120, 36)
@@ -89,7 +90,9 @@ def test_stats_panel(snap_compare: Any, loam_home: Path, tmp_path: Path, theme: 
         await settle(pilot)
         panel = app.query_one(StatsPanel)
         panel.add_rates([61.0, 88.5, 79.2])
-        panel.show_answer(Stats(**FIGURES))
+        panel.set_context(Context(num_ctx=4096, num_predict=256, options={"temperature": 0.2, "num_predict": 256}))
+        panel.show_answer(Answer("smollm2:135m", 2, "stop", Stats(**FIGURES, prompt_cache_count=15), 640_000_000))
+        panel.start_live("smollm2:135m", 3)
         panel.show_live(80.4, 12)
         await pilot.pause()
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from app import config
+from app.history import MIGRATIONS, History
 from app.tools.loop import DENIED
 from app.tui.app import LoamApp
 from app.tui.chat import MessageView, PromptInput
-from app.tui.history import MIGRATIONS, History
 from app.tui.tools import ToolCallView, ToolConfirmScreen
 from tests.runner_process import REPO
 from tests.server_process import ServerProcess, clone_store
@@ -112,7 +112,7 @@ def test_an_allowed_call_runs_shows_survives_a_restart_and_is_exported(
         (block,) = app.query(ToolCallView).results(ToolCallView)
         assert block.tool_name == "current_time" and year in block.result and block.collapsed
         assert [m["role"] for m in app.conversation][:3] == ["user", "assistant", "tool"]
-        await app.pilot.press("ctrl+e")  # type: ignore[attr-defined]
+        await app.pilot.press("ctrl+s")  # type: ignore[attr-defined]
         await until(app, lambda: any(tmp_path.glob("loam-chat-*.md")))
 
     drive(new_app(server, tmp_path, model=MODEL), steps)

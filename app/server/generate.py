@@ -93,7 +93,7 @@ class Done:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
     def figures(self) -> dict[str, int]:
-        """Ollama's figures, plus loam's draft counts when the reply was drafted."""
+        """Ollama's figures, plus loam's draft counts when the reply was drafted and its cached prompt tokens."""
         ns = lambda s: int(round(s * 1e9))  # noqa: E731
         out = {
             "total_duration": ns(self.total),
@@ -105,6 +105,8 @@ class Done:
         }
         if self.draft_count:
             out |= {"draft_count": self.draft_count, "draft_accepted_count": self.draft_accepted_count}
+        if self.prompt_tokens > self.prompt_eval_count:  # loam's: the prompt tokens a slot already held
+            out["prompt_cache_count"] = self.prompt_tokens - self.prompt_eval_count
         return out
 
 

@@ -29,21 +29,21 @@ from app.ask import default_model
 from app.async_client import AsyncClient
 from app.client import ServerError, ensure_server
 from app.errors import LoamError
-from app.stats import Stats
+from app.history import History, Message, Session, export_markdown, pending_calls
+from app.stats import Stats, verbose_lines
 from app.tools.calls import ToolCall
 from app.tools.loop import Decision, StopTurn, Toolbox, run_turn
 from app.tui import keys, slash
-from app.tui.chat import ChatLog, MessageView, PromptInput, StatsPanel, code_blocks
-from app.tui.history import History, Message, Session, export_markdown, pending_calls
-from app.tui.screens import ConfirmScreen, InfoScreen, ModelPicker, PullScreen, SettingsScreen
+from app.tui.chat import ChatLog, MessageView, PromptInput, code_blocks
+from app.tui.screens import ConfirmScreen, InfoScreen, ModelPicker, PullScreen, SettingsScreen, parameter_defaults
 from app.tui.sessions import SessionsScreen
+from app.tui.stats_panel import Answer, Context, StatsPanel
 from app.tui.themes import DEFAULT_THEME, discover, save_theme, saved_theme
-from app.tui.tools import ChatEvents, ChatTools, ToolCallView, ToolConfirmScreen
+from app.tui.tools import ChatTools, ToolCallView, ToolConfirmScreen
+from app.tui.turn import ChatEvents
 
-KEY_HELP = """Keys: Enter sends · Shift+Enter or Ctrl+J adds a line · Up/Down recall earlier prompts ·
-Esc stops an answer (and its tool calls) · Ctrl+N new chat · Ctrl+O chats · Ctrl+L models · F2 model info ·
-F3 settings · F4 stats · F5 pull · Ctrl+Y copy answer · Ctrl+K copy code · Ctrl+E export ·
-Ctrl+P command palette · Ctrl+Q quit"""
+#: How often the bar's server state is checked while no answer streams.
+HEALTH_EVERY = 5.0
 
 
 class LoamApp(App[None]):
@@ -84,6 +84,7 @@ class LoamApp(App[None]):
         self.server_state = "starting"
         self.chat_tools = ChatTools()
         self.turn_tools = Toolbox()
+        self.keymap_in_use: dict[str, str] = {}
 
     # -- layout and start ----------------------------------------------------
 
@@ -104,6 +105,7 @@ class LoamApp(App[None]):
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         keymap, warnings = keys.keymap_from_config(self.user_config)
         self.set_keymap(keymap)
+        self.keymap_in_use = keymap
         for warning in self.theme_warnings + warnings:
             self.notify(warning, severity="warning", timeout=8)
         self.query_one(StatsPanel).display = self.verbose
@@ -136,6 +138,61 @@ class LoamApp(App[None]):
         self.server_state = "connected" if await client.answers() else f"no server at {host}"
         self.client = client
         self.update_bar()
+        self.set_interval(HEALTH_EVERY, self.check_server)
+        await self.refresh_context()
+
+    async def check_server(self) -> None:
+        """Keep the bar true to the server: a lost one says so (and is started again on the next turn)."""
+        if self.client is None or self.answering:
+            return
+        state = "connected" if await self.client.answers() else "server lost"
+        if state != self.server_state:
+            self.server_state = state
+            self.update_bar()
+
+    async def restart_server(self) -> bool:
+        """After a lost connection: start the server again where this chat may start one; whether it answers."""
+        if self.client is None:
+            return False
+        if await self.client.answers():
+            return True
+        self.server_state = "server lost"
+        self.update_bar()
+        if not self.autostart:
+            return False
+        try:
+            await asyncio.to_thread(ensure_server, self.host)
+        except LoamError as e:
+            await self.post_note(str(e), "error")
+            return False
+        self.server_state = "connected (restarted)"
+        self.update_bar()
+        return True
+
+    async def refresh_context(self) -> None:
+        """The panel's options in effect, context size and placement, from the chat and /api/ps."""
+        if self.client is None or self.session is None:
+            return
+        context = Context(options=dict(self.session.options))
+        context.num_ctx = int(self.session.options.get("num_ctx") or 0)
+        context.num_predict = int(self.session.options.get("num_predict") or -1)
+        try:
+            running = await self.client.ps()
+        except (LoamError, httpx.HTTPError):
+            running = []
+        for entry in running:
+            if entry.get("name") == self.model or entry.get("model") == self.model:
+                context.num_ctx = int(entry.get("context_length") or context.num_ctx)
+                size, vram = int(entry.get("size") or 0), int(entry.get("size_vram") or 0)
+                context.placement = placement(size, vram)
+        self.query_one(StatsPanel).set_context(context)
+
+    async def model_loaded(self) -> bool:
+        try:
+            running = await self.client.ps() if self.client else []
+        except (LoamError, httpx.HTTPError):
+            return False
+        return any(self.model in (entry.get("name"), entry.get("model")) for entry in running)
 
     def _first_session(self) -> Session:
         """The latest chat, unless a new one was asked for or another model was named."""
@@ -159,12 +216,20 @@ class LoamApp(App[None]):
         else:
             await log.mount(Static("Say something. /help lists commands; Ctrl+P opens the palette.", classes="empty"))
         log.scroll_end(animate=False)
-        panel = self.query_one(StatsPanel)
-        panel.reset()
-        panel.add_rates([Stats.from_response(m.stats).eval_rate for m in messages if m.stats])
+        answered = [m for m in messages if m.role == "assistant" and m.content]
+        last = None
+        if answered:
+            m = answered[-1]
+            ended = "stop" if m.stats else "cancelled"
+            last = Answer(m.model or session.model, len(answered), ended, Stats.from_response(m.stats or {}))
+            last = last if m.stats else Answer(last.model, last.number, ended)
+        self.query_one(StatsPanel).reset(last, [Stats.from_response(m.stats).eval_rate for m in answered if m.stats])
         prompts = await asyncio.to_thread(self._recent_prompts)
-        self.query_one(PromptInput).remember(prompts)
+        prompt = self.query_one(PromptInput)
+        prompt.remember(prompts)
+        prompt.focus()  # typing always lands in the input, whatever had focus in the chat before
         self.update_bar()
+        await self.refresh_context()
 
     def _recent_prompts(self) -> list[str]:
         assert self.history is not None
@@ -173,8 +238,11 @@ class LoamApp(App[None]):
             out += [m.content for m in self.history.messages(session.id) if m.role == "user"]
         return out[-200:]
 
-    def message_view(self, role: str, content: str, stats: dict[str, Any] | None = None) -> MessageView:
-        author = {"user": "You", "assistant": self.model, "system": "System"}.get(role, role)
+    def message_view(
+        self, role: str, content: str, stats: dict[str, Any] | None = None, model: str | None = None
+    ) -> MessageView:
+        """A message's widget; an answer is signed by the model that wrote it (else the chat's)."""
+        author = {"user": "You", "assistant": model or self.model, "system": "System"}.get(role, role)
         return MessageView(role, author, content, stats)
 
     def _views(self, messages: list[Message]) -> list[MessageView | ToolCallView]:
@@ -187,7 +255,7 @@ class LoamApp(App[None]):
                 arguments = (call.get("function") or {}).get("arguments") or {}
                 views.append(ToolCallView(m.tool_name or "tool", arguments, m.content, m.content.startswith("Error:")))
             elif m.content or not m.tool_calls:
-                views.append(self.message_view(m.role, m.content, m.stats))
+                views.append(self.message_view(m.role, m.content, m.stats, m.model))
         return views
 
     def update_bar(self) -> None:
@@ -196,9 +264,11 @@ class LoamApp(App[None]):
         title = self.session.title if self.session else ""
         self.query_one("#bar", Static).update(f"loam · {self.model or '…'} · {title}    {self.server_state}")
 
-    async def post_note(self, text: str, kind: str = "note") -> MessageView:
-        """A line from loam itself in the chat: an error, help, or model info. Never stored."""
-        view = MessageView(kind, "loam" if kind == "note" else "error", text)
+    async def post_note(self, text: str, kind: str = "note", body: Any = None) -> MessageView:
+        """A line from loam itself in the chat: an error, help, or model info. Never stored.
+
+        `body`: a Rich renderable shown instead of `text` (help tables that wrap at any width)."""
+        view = MessageView(kind, "loam" if kind == "note" else "error", text, body=body)
         log = self.query_one(ChatLog)
         await log.mount(view)
         log.scroll_end(animate=False)
@@ -246,7 +316,7 @@ class LoamApp(App[None]):
             await empty.remove()
         await log.mount(self.message_view("user", text))
         self.conversation.append({"role": "user", "content": text})
-        events = ChatEvents(self, session.id)
+        events = ChatEvents(self, session.id, loading=not await self.model_loaded())
         try:
             await asyncio.to_thread(history.add_message, session.id, "user", text)
             self.session = await asyncio.to_thread(history.get, session.id)  # the first message titles it
@@ -265,8 +335,31 @@ class LoamApp(App[None]):
         except StopTurn:
             await events.stopped()
         except (LoamError, httpx.HTTPError, sqlite3.Error) as e:
-            await events.failed()
-            await self.post_note(str(e) or type(e).__name__, "error")
+            reason = str(e) or type(e).__name__
+            lost = isinstance(e, httpx.TransportError) or (isinstance(e, LoamError) and "no loam server" in reason)
+            if not await events.failed("the server went away" if lost else "error"):
+                await self._unsend(history, session, text)
+            await self.post_note(reason, "error")
+            if lost and await self.restart_server():
+                await self.post_note("the server is back; Ctrl+R asks again")
+
+    async def _unsend(self, history: History, session: Session, text: str) -> None:
+        """A turn that failed before any answer: the message leaves the chat and goes back to the input,
+        so the next request does not carry two user turns in a row."""
+        if self.session is None or self.session.id != session.id:
+            return
+        while self.conversation and self.conversation[-1]["role"] != "user":
+            self.conversation.pop()  # tool results of a turn whose next reply never came
+        if self.conversation:
+            self.conversation.pop()
+        await asyncio.to_thread(history.truncate, session.id, len(self.conversation))
+        users = list(self.query_one(ChatLog).query("MessageView.user").results(MessageView))
+        if users:
+            await users[-1].remove()
+        prompt = self.query_one(PromptInput)
+        if not prompt.text:
+            prompt.text = text
+            prompt.move_cursor(prompt.document.end)
 
     async def _turn(self, events: ChatEvents) -> None:
         """One answer, with the calls of this chat's tools that the model makes and the user allows."""
@@ -339,8 +432,39 @@ class LoamApp(App[None]):
         self.session = await asyncio.to_thread(history.update, session.id, **fields)
         self.model = self.session.model
         self.update_bar()
+        await self.refresh_context()
 
     # -- actions (keys and the command palette) -------------------------------
+
+    async def action_retry(self) -> None:
+        """Ctrl+R: forget the last answer (and its tool calls) and ask the last message again."""
+        if self.answering or self.history is None or self.session is None:
+            return
+        last_user = max((i for i, m in enumerate(self.conversation) if m["role"] == "user"), default=None)
+        if last_user is None:
+            self.notify("nothing to answer again yet", severity="warning")
+            return
+        text = self.conversation[last_user]["content"]
+        del self.conversation[last_user:]
+        await asyncio.to_thread(self.history.truncate, self.session.id, last_user)
+        log = self.query_one(ChatLog)
+        users = list(log.query("MessageView.user").results(MessageView))
+        if users:  # the last message and everything after it leave the screen; _answer shows it again
+            after = False
+            for child in list(log.children):
+                after = after or child is users[-1]
+                if after:
+                    await child.remove()
+        self.send(text)
+
+    def action_copy_figures(self) -> None:
+        """Copy the shown answer's figures as the eight lines `ollama run --verbose` prints."""
+        answer = self.query_one(StatsPanel).shown
+        if answer is None or answer.stats is None:
+            self.notify("no figures to copy yet", severity="warning")
+            return
+        self.copy_to_clipboard("\n".join(verbose_lines(answer.stats)) + "\n")
+        self.notify("copied the answer's figures")
 
     async def action_new_chat(self) -> None:
         if self.history is None:
@@ -373,16 +497,30 @@ class LoamApp(App[None]):
         self.push_screen(ModelPicker(self.client, self.model), chosen)
 
     def action_pull(self) -> None:
-        if self.client is not None:
-            self.push_screen(PullScreen(self.client))
+        if self.client is None:
+            return
+
+        async def pulled(name: str | None) -> None:
+            if name:  # the user chose to chat with the model just pulled
+                await self.update_session(model=name)
+                await self.post_note(f"now chatting with {name}")
+
+        self.push_screen(PullScreen(self.client), pulled)
 
     def action_info(self) -> None:
         if self.client is not None and self.model:
-            self.push_screen(InfoScreen(self.client, self.model))
+            options = dict(self.session.options) if self.session else {}
+            self.push_screen(InfoScreen(self.client, self.model, options=options))
 
-    def action_settings(self) -> None:
+    @work(group="settings", exclusive=True)
+    async def action_settings(self) -> None:
+        """F3: the chat's settings, each empty field showing the value in effect (the model's, else the server's)."""
         if self.session is None:
             return
+        defaults: dict[str, Any] = {}
+        if self.client is not None and self.model:
+            with suppress(LoamError, httpx.HTTPError):
+                defaults = parameter_defaults(await self.client.show(self.model))
 
         async def saved(result: tuple[str, dict[str, Any]] | None) -> None:
             if result is not None:
@@ -390,7 +528,7 @@ class LoamApp(App[None]):
                 await self.update_session(system=system, options=options)
                 self.notify("settings saved for this chat")
 
-        self.push_screen(SettingsScreen(self.session.system, dict(self.session.options)), saved)
+        self.push_screen(SettingsScreen(self.session.system, dict(self.session.options), defaults=defaults), saved)
 
     def action_toggle_stats(self) -> None:
         panel = self.query_one(StatsPanel)
@@ -454,7 +592,8 @@ class LoamApp(App[None]):
         for binding in keys.BINDINGS:
             if binding.action not in ("quit",):
                 action = getattr(self, f"action_{binding.action}")
-                yield SystemCommand(binding.description, f"{binding.description} ({binding.key})", action)
+                key = keys.key_names(self.keymap_in_use.get(binding.id or "", binding.key))
+                yield SystemCommand(binding.description, f"{keys.PURPOSE[binding.id or '']} ({key})", action)
         yield SystemCommand("Delete model", "Remove the current model from the store", self.action_delete_model)
 
     # -- themes ---------------------------------------------------------------
@@ -493,3 +632,16 @@ def run_chat(model: str | None = None, verbose: bool = False, new: bool = False)
     saved_theme()  # a broken config.toml is a one-line error before the screen changes
     LoamApp(model=model, verbose=verbose, new=new).run()
     return 0
+
+
+def placement(size: int, vram: int) -> str:
+    """Where a loaded model runs, as `ollama ps` says it, with its size."""
+    gib = f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.0f} MiB"
+    if size <= 0:
+        return ""
+    if vram <= 0:
+        return f"100% CPU · {gib}"
+    if vram >= size:
+        return f"100% GPU · {gib}"
+    cpu = round(100 * (size - vram) / size)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU · {gib}"

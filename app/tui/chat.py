@@ -1,4 +1,4 @@
-"""The chat pane's widgets: messages that stream Markdown, the prompt input, and the stats panel."""
+"""The chat pane's widgets: messages that stream Markdown, the log that holds them, and the prompt input."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import RenderableType
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
@@ -14,9 +15,10 @@ from textual.content import Content
 from textual.highlight import highlight
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Markdown, Sparkline, Static, TextArea
+from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownFence
 
+from app.history import close_fences
 from app.stats import Stats, short_duration
 from app.tui.keys import NEWLINE_KEYS
 from app.tui.themes import highlight_theme
@@ -111,24 +113,38 @@ class MessageView(Vertical, can_focus=True):
     MessageView.note { border-left: thick $accent; color: $text-muted; }
     MessageView > .who { color: $text-muted; text-style: bold; }
     MessageView > .figures { color: $text-muted; }
+    MessageView > .waiting { color: $text-muted; text-style: italic; }
     MessageView ThemedMarkdown { margin: 0; padding: 0; }
     """
 
-    def __init__(self, role: str, author: str, content: str = "", stats: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        role: str,
+        author: str,
+        content: str = "",
+        stats: dict[str, Any] | None = None,
+        body: RenderableType | None = None,
+    ) -> None:
+        """`author`: the model that wrote an answer; `body`: what a note shows instead of its plain text."""
         super().__init__(classes=role)
         self.role = role
         self.author = author
         self.content = content
         self.stats = stats
+        self.body = body
         self.stopped = False
+        self.ended = ""  # how a streamed answer ended: stop, length, cancelled, error
         self._reserved = 0  # lines held below a streaming answer (see append)
 
     def compose(self) -> ComposeResult:
         yield Static(self.author, classes="who", markup=False)
-        if self.role in ("error", "note"):
-            yield Static(self.content, classes="body", markup=False)
+        if self.role in ("error", "note", "user"):  # what the user typed is shown as typed, lines and all
+            yield Static(self.body if self.body is not None else self.content, classes="body", markup=False)
         else:
             yield ThemedMarkdown(self.content)
+        waiting = Static("", classes="waiting", markup=False)
+        waiting.display = False
+        yield waiting
         figures = Static(self._figures_text(), classes="figures", markup=False)
         figures.display = bool(self.stats)
         yield figures
@@ -157,19 +173,28 @@ class MessageView(Vertical, can_focus=True):
             self._reserved = used + max(RESERVE_LINES, page)
             self.styles.min_height = self._reserved
 
-    async def finish(self, stats: dict[str, Any] | None = None, stopped: bool = False) -> None:
+    def waiting(self, text: str) -> None:
+        """A line above the answer until its first text: what the server is doing, and for how long."""
+        line = self.query_one(".waiting", Static)
+        line.update(text, layout=line.display != bool(text))  # a line that stays is redrawn in place
+        line.display = bool(text)
+
+    async def finish(self, stats: dict[str, Any] | None = None, stopped: bool = False, failed: str = "") -> None:
         """End streaming with one full render of the whole text, and show the figures.
 
-        A stopped answer is marked on screen only; `content` stays what the model wrote.
+        A stopped or failed answer is marked on screen only, below a code block it left
+        open; `content` stays what the model wrote.
         """
         if not self.is_attached:  # the chat was cleared or switched while this answer streamed
             return
+        self.waiting("")
         if self._reserved:
             self._reserved = 0
             self.styles.min_height = None
         self.stopped = stopped
-        if self.role not in ("error", "note"):
-            await self.query_one(ThemedMarkdown).update(self.content + ("\n\n*[stopped]*" if stopped else ""))
+        mark = "\n\n*[stopped]*" if stopped else f"\n\n*[cut short: {failed}]*" if failed else ""
+        if self.role not in ("error", "note", "user"):
+            await self.query_one(ThemedMarkdown).update(close_fences(self.content) + mark if mark else self.content)
         self.stats = stats
         figures = self.query_one(".figures", Static)
         figures.update(self._figures_text())
@@ -250,81 +275,3 @@ class PromptInput(TextArea):
         self._recall_index = index
         self.text = self.recall[index]
         self.move_cursor(self.document.end)
-
-
-class StatsPanel(Vertical):
-    """The verbose figures of the last answer, a live eval rate while one streams, and the session's rates."""
-
-    DEFAULT_CSS = """
-    StatsPanel { width: 36; dock: right; border-left: solid $panel-lighten-2; padding: 0 1; background: $surface; }
-    StatsPanel > .title { text-style: bold; color: $primary; margin-bottom: 1; }
-    StatsPanel > #figures { height: auto; }
-    StatsPanel > #live { margin-top: 1; color: $accent; height: 1; }
-    StatsPanel > .caption { margin-top: 1; color: $text-muted; }
-    StatsPanel > Sparkline { height: 3; }
-    """
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.rates: list[float] = []
-        self.last: Stats | None = None
-
-    def compose(self) -> ComposeResult:
-        yield Static("Stats", classes="title")
-        yield Static(self._figures(None), id="figures", markup=False)
-        yield Static("", id="live", markup=False)
-        yield Static("eval rate, this session", classes="caption")
-        yield Sparkline([], id="rates")
-        yield Static("", id="rates-summary", markup=False)
-
-    @staticmethod
-    def _figures(stats: Stats | None) -> str:
-        if stats is None:
-            return "no answer yet"
-        rows = [
-            ("total", short_duration(stats.total_duration)),
-            ("load", short_duration(stats.load_duration)),
-            ("prompt tokens", str(stats.prompt_eval_count)),
-            ("prompt time", short_duration(stats.prompt_eval_duration)),
-            ("prompt rate", f"{stats.prompt_eval_rate:.1f} tok/s"),
-            ("eval tokens", str(stats.eval_count)),
-            ("eval time", short_duration(stats.eval_duration)),
-            ("eval rate", f"{stats.eval_rate:.1f} tok/s"),
-        ]
-        if stats.draft_count:
-            rows.append(("drafted", f"{stats.draft_count}, accepted {stats.draft_accepted_count}"))
-        return "\n".join(f"{name:<14}{value:>18}" for name, value in rows)
-
-    def show_live(self, rate: float, pieces: int) -> None:
-        """While an answer streams: its rate so far."""
-        self.query_one("#live", Static).update(f"live {rate:7.1f} tok/s {pieces:>6} tok", layout=False)
-
-    def end_live(self) -> None:
-        """A stopped answer has no final figures: clear the live line."""
-        self.query_one("#live", Static).update("")
-
-    def show_answer(self, stats: Stats) -> None:
-        """An answer ended: its figures replace the live estimate and join the sparkline."""
-        self.last = stats
-        self.query_one("#figures", Static).update(self._figures(stats))
-        self.query_one("#live", Static).update("")
-        if stats.eval_count:
-            self.add_rates([stats.eval_rate])
-
-    def add_rates(self, rates: list[float]) -> None:
-        self.rates.extend(rates)
-        self.query_one(Sparkline).data = list(self.rates)
-        if self.rates:
-            low, high = min(self.rates), max(self.rates)
-            mean = sum(self.rates) / len(self.rates)
-            summary = f"{len(self.rates)} answers · {low:.0f}–{high:.0f}, mean {mean:.0f}"
-        else:
-            summary = ""
-        self.query_one("#rates-summary", Static).update(summary)
-
-    def reset(self) -> None:
-        self.rates.clear()
-        self.last = None
-        self.query_one("#figures", Static).update(self._figures(None))
-        self.query_one("#live", Static).update("")
-        self.add_rates([])

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from functools import singledispatch
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
 
 from app.client import ServerError
 from app.errors import LoamError
-from app.tui import slash
-from app.tui.chat import ChatLog, StatsPanel
+from app.tui import keys, slash
+from app.tui.chat import ChatLog
 from app.tui.screens import InfoScreen
+from app.tui.stats_panel import StatsPanel
 
 if TYPE_CHECKING:
     from app.tui.app import LoamApp
@@ -57,7 +64,8 @@ async def _(command: slash.SetVerbose, app: LoamApp) -> None:
 async def _(command: slash.Show, app: LoamApp) -> None:
     if app.client is None:
         raise LoamError("the server is not ready yet")
-    app.push_screen(InfoScreen(app.client, app.model, section=command.what))
+    options = dict(app.session.options) if app.session else {}
+    app.push_screen(InfoScreen(app.client, app.model, section=command.what, options=options))
 
 
 @_execute.register(slash.Load)
@@ -103,6 +111,7 @@ async def _(command: slash.Clear, app: LoamApp) -> None:
     app.conversation.clear()
     app.chat_tools.allowed.pop(session.id, None)
     await app.query_one(ChatLog).remove_children()
+    app.query_one(StatsPanel).reset()
     await app.post_note("Cleared session context")
 
 
@@ -120,7 +129,44 @@ async def _(command: slash.Bye, app: LoamApp) -> None:
 
 @_execute.register(slash.Help)
 async def _(command: slash.Help, app: LoamApp) -> None:
-    from app.tui.app import KEY_HELP
+    shortcuts = keys.key_help(app.keymap_in_use)
+    if command.topic == "shortcuts":
+        text, rows = "Keys:", shortcuts
+    else:
+        text = {"set": slash.SET_HELP, "show": slash.SHOW_HELP}.get(command.topic, slash.HELP)
+        rows = [] if command.topic else shortcuts
+    plain = text + "".join(f"\n  {k}  {v}" for k, v in rows)
+    await app.post_note(plain, body=help_body(text, rows))
 
-    text = {"set": slash.SET_HELP, "show": slash.SHOW_HELP, "shortcuts": KEY_HELP}.get(command.topic, slash.HELP)
-    await app.post_note(text if command.topic else f"{text}\n\n{KEY_HELP}")
+
+def help_body(text: str, keys_rows: list[tuple[str, str]]) -> Group:
+    """Help text as tables whose second column wraps under itself, at whatever width the chat has.
+
+    Lines of `text` indented by two spaces are "NAME   what it does" rows; other lines stay as they are.
+    """
+    parts: list[Any] = []
+    table: Table | None = None
+    for line in text.splitlines():
+        cells = re.split(r"\s{2,}", line.strip(), maxsplit=1) if line.startswith("  ") else None
+        if cells and len(cells) == 2:
+            if table is None:
+                table = _table()
+                parts.append(Padding(table, (0, 0, 0, 2)))
+            table.add_row(*cells)
+            continue
+        table = None
+        parts.append(Text(line))
+    if keys_rows:
+        parts.append(Text("\nKeys:"))
+        table = _table()
+        for row in keys_rows:
+            table.add_row(*row)
+        parts.append(Padding(table, (0, 0, 0, 2)))
+    return Group(*parts)
+
+
+def _table() -> Table:
+    table = Table.grid(padding=(0, 2), pad_edge=False)
+    table.add_column(no_wrap=True, style="bold")
+    table.add_column(overflow="fold")
+    return table

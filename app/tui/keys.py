@@ -14,22 +14,33 @@ from textual.binding import Binding
 #: Keys that put a newline into the message being written (handled by the input itself).
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 
-#: Bindings on keys that a focused text input also uses (end of line, delete to end, redo)
-#: are priority bindings, so they work while a message is being typed.
+#: Every key here is free in Textual's text inputs (TextArea, Input): none of them shadows an editing
+#: key (Ctrl+E end of line, Ctrl+K delete to end, Ctrl+Y redo, F6/F7 selection) while a message is typed.
+#: Only quit has priority; the rest act wherever the focused widget leaves the key unused, so the
+#: footer's order does not change with focus.
 BINDINGS: list[Binding] = [
     Binding("escape", "cancel", "Stop", id="cancel"),
-    Binding("ctrl+n", "new_chat", "New chat", id="new_chat"),
-    Binding("ctrl+o", "sessions", "Chats", id="sessions"),
-    Binding("ctrl+l", "models", "Models", id="models"),
-    Binding("f5", "pull", "Pull", id="pull", show=False),
-    Binding("f2", "info", "Model info", id="info", show=False),
-    Binding("f3", "settings", "Settings", id="settings", show=False),
-    Binding("f4", "toggle_stats", "Stats", id="stats", show=False),
-    Binding("ctrl+y", "copy_last", "Copy answer", id="copy_last", priority=True),
-    Binding("ctrl+k", "copy_code", "Copy code", id="copy_code", show=False, priority=True),
-    Binding("ctrl+e", "export", "Export", id="export", show=False, priority=True),
+    Binding("ctrl+n", "new_chat", "New", id="new_chat", tooltip="Start a new chat"),
+    Binding("ctrl+o", "sessions", "Chats", id="sessions", tooltip="Open an earlier chat"),
+    Binding("ctrl+l", "models", "Models", id="models", tooltip="Pick the model for this chat"),
+    Binding("ctrl+r", "retry", "Retry", id="retry", tooltip="Answer the last message again"),
+    Binding("f2", "info", "Info", id="info", tooltip="What the model is: details, template, parameters"),
+    Binding("f3", "settings", "Settings", id="settings", tooltip="This chat's system prompt and parameters"),
+    Binding("f4", "toggle_stats", "Stats", id="stats", tooltip="Show or hide the stats panel"),
+    Binding("f5", "pull", "Pull", id="pull", tooltip="Download a model into the store"),
+    Binding("f8", "copy_last", "Copy", id="copy_last", tooltip="Copy the focused message, else the last answer"),
+    Binding("f9", "copy_code", "Code", id="copy_code", tooltip="Copy the last code block of that message"),
+    Binding("ctrl+s", "export", "Export", id="export", tooltip="Write this chat to a Markdown file here"),
+    Binding("ctrl+g", "copy_figures", "Figures", id="copy_figures", tooltip="Copy the answer's --verbose lines"),
     Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
 ]
+
+#: What each binding does, in words, for the palette and /help (the footer shows the short names).
+PURPOSE: dict[str, str] = {
+    "cancel": "Stop the answer that is streaming, and its tool calls",
+    "quit": "Leave the chat",
+    **{b.id: b.tooltip for b in BINDINGS if b.id and b.tooltip},
+}
 
 BINDING_IDS = tuple(b.id for b in BINDINGS if b.id)
 
@@ -74,3 +85,26 @@ def _clashes(keymap: dict[str, str]) -> list[str]:
                 warnings.append(f"config.toml [keys]: {key} is bound to both {owners[key]} and {binding.id}")
             owners[key] = binding.id or binding.action
     return warnings
+
+
+def key_names(keys: str) -> str:
+    """Textual key strings as a person reads them: "ctrl+n,f4" -> "Ctrl+N or F4"."""
+    words = []
+    for key in keys.split(","):
+        parts = [p.capitalize() if len(p) > 1 else p.upper() for p in key.strip().split("+")]
+        words.append("+".join(parts).replace("Escape", "Esc"))
+    return " or ".join(words)
+
+
+def key_help(keymap: dict[str, str]) -> list[tuple[str, str]]:
+    """(keys, what they do) for every binding under `keymap`, and the input's own keys, for /help."""
+    rows = [
+        ("Enter", "Send the message"),
+        ("Shift+Enter, Ctrl+J", "Add a line to the message"),
+        ("Up, Down", "Recall earlier messages"),
+        ("Tab", "Move between the input and the messages"),
+        ("Ctrl+P", "Command palette"),
+    ]
+    for binding in BINDINGS:
+        rows.append((key_names(keymap.get(binding.id or "", binding.key)), PURPOSE[binding.id or ""]))
+    return rows

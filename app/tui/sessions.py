@@ -13,7 +13,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from app.display import human_ago
-from app.tui.history import History, Session
+from app.history import History, Session
 
 
 def session_label(session: Session, now: float | None = None) -> str:

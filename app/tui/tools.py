@@ -9,9 +9,7 @@ in the history with the chat's messages.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -25,12 +23,10 @@ from textual.widgets import Button, Collapsible, Label, Static
 
 from app import config
 from app.errors import LoamError
-from app.stats import LiveRate, Stats
 from app.tools.builtin import BUILTINS, builtin_tools
 from app.tools.calls import ToolCall
-from app.tools.loop import Decision, Tool, Toolbox, ToolResult, TurnEvents
+from app.tools.loop import Tool, Toolbox
 from app.tools.mcp import McpError, McpManager
-from app.tui.chat import ChatLog, DrawPacer, MessageView, StatsPanel
 from app.tui.models_screen import panel_css
 
 if TYPE_CHECKING:
@@ -180,112 +176,6 @@ class ChatTools:
     async def close(self) -> None:
         if self.manager is not None:
             await self.manager.close()
-
-
-class ChatEvents(TurnEvents):
-    """The tool loop drawn into the chat: replies stream into messages, calls become blocks, all is stored."""
-
-    def __init__(self, app: LoamApp, session_id: int) -> None:
-        self.app, self.session_id = app, session_id
-        self.log = app.query_one(ChatLog)
-        self.panel = app.query_one(StatsPanel)
-        self.reply: MessageView | None = None
-        self.pending: list[str] = []
-        self.live = LiveRate()
-        self.pacer = DrawPacer()
-        self.results: list[str] = []
-        self.stored = 0
-
-    async def step_started(self, step: int) -> None:
-        self.reply = self.app.message_view("assistant", "")
-        self.pending, self.live, self.pacer = [], LiveRate(), DrawPacer()
-        await self.log.mount(self.reply)
-        self.log.anchor()
-
-    async def chunk(self, chunk: dict[str, Any]) -> None:
-        text = (chunk.get("message") or {}).get("content") or ""
-        if text:
-            self.live.piece()
-            self.pending.append(text)
-        if self.pending and (chunk.get("done") or self.pacer.due()):
-            self.pacer.drawing()
-            with self.app.batch_update():  # the text and the live figures in one frame
-                await self._flush()
-                self.panel.show_live(self.live.rate, self.live.pieces + 1)
-            # a draw is two frames: the new text's, then the one for the sizes it changed
-            self.app.call_after_refresh(self.app.call_after_refresh, self.pacer.drawn)
-
-    async def _flush(self) -> None:
-        if self.reply is not None and self.pending:
-            await self.reply.append("".join(self.pending))
-        self.pending.clear()
-
-    async def message(self, message: dict[str, Any], final: dict[str, Any] | None) -> None:
-        if message["role"] == "assistant":
-            await self._flush()
-            stats = Stats.from_response(final).to_dict() if final else None
-            reply, self.reply = self.reply, None
-            if reply is not None:
-                if message.get("tool_calls") and not message["content"].strip():
-                    await reply.remove()  # a reply that only calls tools shows as its call blocks
-                else:
-                    await reply.finish(stats)
-            if final:
-                self.panel.show_answer(Stats.from_response(final))
-            await self._keep(message, stats)
-        else:
-            self.results.append(message["content"])
-            await self._keep(message, None)
-
-    async def tool_result(self, call: ToolCall, decision: Decision, result: ToolResult | None) -> None:
-        content = self.results.pop() if self.results else ""
-        view = ToolCallView(call.name, call.arguments, content, is_error=result is not None and result.is_error)
-        await self.log.mount(view)
-        self.log.anchor()
-
-    async def _keep(self, message: dict[str, Any], stats: dict[str, Any] | None) -> None:
-        """Add a message to the open chat (when it is still this one) and to the history."""
-        app = self.app
-        if app.session is not None and app.session.id == self.session_id:
-            app.conversation.append(message)
-        if app.history is None:
-            return
-        try:
-            await asyncio.to_thread(
-                app.history.add_message,
-                self.session_id,
-                message["role"],
-                message["content"],
-                stats,
-                tool_calls=message.get("tool_calls"),
-                tool_name=message.get("tool_name"),
-            )
-            self.stored += 1
-        except (LoamError, sqlite3.Error) as e:
-            app.notify(f"the message was not saved: {e}", severity="error")
-
-    async def stopped(self) -> None:
-        """The turn was stopped: what the reply had so far is kept, marked stopped on screen."""
-        self.panel.end_live()
-        reply, self.reply = self.reply, None
-        if reply is None:
-            return
-        await self._flush_into(reply)
-        await reply.finish(stopped=True)
-        if reply.content:
-            await self._keep({"role": "assistant", "content": reply.content}, None)
-
-    async def _flush_into(self, reply: MessageView) -> None:
-        if self.pending:
-            reply.content += "".join(self.pending)
-            self.pending.clear()
-
-    async def failed(self) -> None:
-        """The turn failed before its reply came: the empty reply goes."""
-        self.panel.end_live()
-        reply, self.reply = self.reply, None
-        if reply is not None:
-            await reply.remove()
 
 
 async def tools_command(app: LoamApp, action: str, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Chat sessions of the TUI, kept in a SQLite file in the data dir.
+"""Chat sessions, kept in a SQLite file in the data dir (the chat TUI's; kept apart from it for other clients).
 
 The schema is versioned with `PRAGMA user_version`: each entry of MIGRATIONS
 moves the file one version forward, and all pending ones run in a single
@@ -70,11 +70,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_session ON messages(session_id);
     ALTER TABLE sessions ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';
     """,
+    # The model that wrote each answer: a chat can switch models, and its old answers keep their author.
+    """
+    ALTER TABLE messages ADD COLUMN model TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SESSION_COLUMNS = "id, title, model, system, options, created, updated, tools"
-_MESSAGE_COLUMNS = "id, session_id, role, content, stats, created, tool_calls, tool_name"
+_MESSAGE_COLUMNS = "id, session_id, role, content, stats, created, tool_calls, tool_name, model"
 
 
 class HistoryError(LoamError):
@@ -111,6 +115,7 @@ class Message:
     created: float
     tool_calls: list[dict[str, Any]] | None = None
     tool_name: str | None = None
+    model: str | None = None  # the model that wrote an answer (None in chats from before it was kept)
 
     def chat_message(self) -> dict[str, Any]:
         """The message as /api/chat takes it."""
@@ -176,6 +181,7 @@ def _message(row: sqlite3.Row) -> Message:
         created=row["created"],
         tool_calls=json.loads(calls) if calls else None,
         tool_name=row["tool_name"],
+        model=row["model"],
     )
 
 
@@ -321,8 +327,10 @@ class History:
         *,
         tool_calls: list[dict[str, Any]] | None = None,
         tool_name: str | None = None,
+        model: str | None = None,
     ) -> Message:
-        """Append a message; the first user message names a session still called "New chat"."""
+        """Append a message (an answer with the `model` that wrote it); the first user message
+        names a session still called "New chat"."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         title = title_from(content) if role == "user" else None
@@ -330,8 +338,8 @@ class History:
             self._get(session_id)
             now = self._now()
             cur = self.db.execute(
-                "INSERT INTO messages (session_id, role, content, stats, created, tool_calls, tool_name) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (session_id, role, content, stats, created, tool_calls, tool_name, model) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     role,
@@ -340,6 +348,7 @@ class History:
                     now,
                     json.dumps(tool_calls) if tool_calls else None,
                     tool_name,
+                    model,
                 ),
             )
             self.db.execute(
@@ -362,6 +371,16 @@ class History:
         """Forget a session's messages but keep the session and its settings."""
         with self._lock, self.db:
             self.db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (self._now(), session_id))
+
+    def truncate(self, session_id: int, keep: int) -> None:
+        """Keep a session's first `keep` messages and forget the rest (an answer to give again, a failed turn)."""
+        with self._lock, self.db:
+            self.db.execute(
+                "DELETE FROM messages WHERE session_id = ? AND id NOT IN "
+                "(SELECT id FROM messages WHERE session_id = ? ORDER BY id LIMIT ?)",
+                (session_id, session_id, max(keep, 0)),
+            )
             self.db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (self._now(), session_id))
 
     def delete(self, session_id: int) -> None:
@@ -408,6 +427,31 @@ def _fenced(text: str, info: str = "") -> str:
     return f"{fence}{info}\n{text}\n{fence}"
 
 
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+def open_fence(markdown: str) -> str | None:
+    """The fence of a code block left open at the end of `markdown` (an answer cut short), else None."""
+    fence: str | None = None
+    for line in markdown.splitlines():
+        m = _FENCE_LINE.match(line)
+        if not m:
+            continue
+        marks, rest = m.group(1), m.group(2)
+        if fence is None:
+            if not (marks[0] == "`" and "`" in rest):  # a backtick fence's info string has no backticks
+                fence = marks
+        elif marks[0] == fence[0] and len(marks) >= len(fence) and not rest.strip():
+            fence = None
+    return fence
+
+
+def close_fences(markdown: str) -> str:
+    """`markdown` with a code block it leaves open closed, so what follows is not read as code."""
+    fence = open_fence(markdown)
+    return markdown if fence is None else f"{markdown.rstrip(chr(10))}\n{fence}"
+
+
 def pending_calls(messages: list[Message]) -> list[tuple[Message, dict[str, Any] | None]]:
     """Each tool result with the call it answers (from the reply before it, matched by name in order)."""
     out: list[tuple[Message, dict[str, Any] | None]] = []
@@ -428,15 +472,16 @@ def export_markdown(session: Session, messages: list[Message]) -> str:
     blocks = [f"# {session.title}", f"Model: `{session.model}`"]
     if session.system:
         blocks.append("\n".join(f"> {line}".rstrip() for line in session.system.splitlines()))
-    headings = {"user": "You", "assistant": session.model, "system": "System"}
+    headings = {"user": "You", "system": "System"}
     for message in messages:
         if message.role == "tool":
             blocks.append(f"### Tool result: `{message.tool_name}`")
             blocks.append(_fenced(message.content))
             continue
         if message.content or not message.tool_calls:
-            blocks.append(f"## {headings.get(message.role, message.role)}")
-            blocks.append(message.content)
+            author = message.model or session.model if message.role == "assistant" else None
+            blocks.append(f"## {author or headings.get(message.role, message.role)}")
+            blocks.append(close_fences(message.content) if message.role == "assistant" else message.content)
         for call in message.tool_calls or []:
             function = call.get("function", {})
             blocks.append(f"### Tool call: `{function.get('name')}`")
