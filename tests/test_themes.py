@@ -16,11 +16,12 @@ from app import config
 from app.tui import keys, themes
 
 SHIPPED = {"loam-dark", "loam-light", "loam-dusk", "loam-paper"}
+#: A person's own theme; its blue keeps its hue in 256 colours, so it loads without warnings.
 USER_THEME = """# a person's own theme
 name = "loam-dark"
 dark = true
 pygments_style = "nord"
-primary = "#336699"
+primary = "#6a8caf"
 """
 
 
@@ -48,7 +49,7 @@ def test_user_theme_replaces_shipped_one(loam_home: Path) -> None:
     found, warnings = themes.discover()
     assert warnings == []
     assert found["loam-dark"].path == path
-    assert found["loam-dark"].theme.primary == "#336699"
+    assert found["loam-dark"].theme.primary == "#6a8caf"
     assert found["loam-dark"].pygments_style == "nord"
     assert "loam-light" in found
 
@@ -65,7 +66,7 @@ def test_missing_pygments_style_defaults_by_darkness(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        (USER_THEME.replace('"#336699"', '"#33669"'), "primary = '#33669' is not a colour"),
+        (USER_THEME.replace('"#6a8caf"', '"#6a8ca"'), "primary = '#6a8ca' is not a colour"),
         (USER_THEME.replace('"nord"', '"nordd"'), "did you mean 'nord'"),
         (USER_THEME.replace('name = "loam-dark"', "name = "), "not valid TOML"),
         (USER_THEME.replace("primary", "primay"), "did you mean 'primary'"),
@@ -114,8 +115,8 @@ def test_save_theme_keeps_other_settings(loam_home: Path) -> None:
 
 
 def test_keymap_from_config() -> None:
-    keymap, warnings = keys.keymap_from_config({"keys": {"stats": "f4,ctrl+s", "models": " f6 "}})
-    assert keymap == {"stats": "f4,ctrl+s", "models": "f6"}
+    keymap, warnings = keys.keymap_from_config({"keys": {"stats": "f4,ctrl+t", "models": " f6 "}})
+    assert keymap == {"stats": "f4,ctrl+t", "models": "f6"}
     assert warnings == []
     keymap, warnings = keys.keymap_from_config({"keys": {"stat": "f9", "quit": 5, "export": ""}})
     assert keymap == {}

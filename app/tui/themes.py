@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 
 from pygments.styles import get_all_styles, get_style_by_name
 from pygments.util import ClassNotFound
-from textual.color import Color, ColorParseError
+from rich.color import EIGHT_BIT_PALETTE, STANDARD_PALETTE
+from rich.color import ColorSystem as TerminalColours
+from textual.color import Color, ColorParseError, rgb_to_lab
 from textual.highlight import HighlightTheme
 from textual.theme import Theme
 
@@ -57,10 +60,13 @@ class LoamTheme:
     theme: Theme
     pygments_style: str
     path: Path
+    #: How the theme degrades in terminals with fewer colours (see `degradation_problems`).
+    colour_problems: tuple[str, ...] = ()
 
 
 def load_theme(path: Path) -> LoamTheme:
-    """Read and check one theme file, so a mistake is reported with its file and key."""
+    """Read and check one theme file, so a mistake is reported with its file and key; how
+    it degrades with fewer colours goes in `colour_problems`, which never stops it loading."""
     data = _read_toml(path)
     _check_keys(path, data)
     name = data.get("name")
@@ -77,7 +83,8 @@ def load_theme(path: Path) -> LoamTheme:
         theme.to_color_system()
     except (ColorParseError, ValueError) as e:
         raise ThemeError(f"{path}: {e}; fix the colours in the file") from e
-    return LoamTheme(theme=theme, pygments_style=style, path=path)
+    problems = (*degradation_problems(theme), *degradation_problems(theme, TerminalColours.STANDARD))
+    return LoamTheme(theme=theme, pygments_style=style, path=path, colour_problems=problems)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -153,7 +160,8 @@ def user_themes_dir() -> Path:
 
 def discover() -> tuple[dict[str, LoamTheme], list[str]]:
     """Every usable theme by name (user files replace shipped ones of the same name),
-    and one warning line per file that could not be used."""
+    and one warning line per file that could not be used or loses hues or contrast in
+    256 or 16 colours (see `degradation_problems`)."""
     themes: dict[str, LoamTheme] = {}
     warnings: list[str] = []
     try:
@@ -169,7 +177,179 @@ def discover() -> tuple[dict[str, LoamTheme], list[str]]:
                 warnings.append(str(e))
                 continue
             themes[loaded.theme.name] = loaded
+            if loaded.colour_problems:
+                warnings.append(colour_warning(loaded))
     return themes, warnings
+
+
+def colour_warning(loaded: LoamTheme, shown: int = 3) -> str:
+    """One warning line for a usable theme that degrades badly with fewer colours: a
+    stranger's theme is still worth using in truecolour, so this never stops it loading."""
+    problems = list(loaded.colour_problems)
+    listed = ", ".join(problems[:shown]) + (f" and {len(problems) - shown} more" if len(problems) > shown else "")
+    return (
+        f"{loaded.path}: {listed}; nudge those colours so a terminal's nearest palette colours "
+        "keep their hue and contrast"
+    )
+
+
+#: CIELAB chroma below which a colour reads as grey, the most a grey may gain (a pale
+#: beige must not turn pink), and from which a colour clearly has a hue it must not lose.
+GREY_CHROMA = 10.0
+TINTED_CHROMA = 12.0
+CLEAR_CHROMA = 20.0
+#: The most a coloured colour's hue may move (CIE ΔH*, which weighs the turn by chroma:
+#: a vivid red turning orange moves further than a dull brown turning pink).
+HUE_SHIFT = 20.0
+#: The least contrast (WCAG ratio) for body text and for muted text and accents, by palette:
+#: 16-colour shades are the terminal's own (rich's are a guess) and too few for more.
+LEAST_CONTRAST = {TerminalColours.EIGHT_BIT: (4.5, 3.0), TerminalColours.STANDARD: (3.0, 2.0)}
+#: The theme's own colours and those Textual derives from them that loam and Textual's
+#: widgets paint with: each should keep its hue family in a 256-colour terminal.
+HUE_VARIABLES = (
+    *COLOUR_KEYS,
+    "primary-darken-1",
+    "primary-darken-2",
+    "primary-lighten-1",
+    "panel-lighten-1",
+    "panel-lighten-2",
+    "surface-active",
+    "text-primary",
+    "text-secondary",
+    "text-accent",
+    "text-warning",
+    "text-error",
+    "text-success",
+    "scrollbar",
+    "scrollbar-hover",
+    "scrollbar-active",
+    "scrollbar-background",
+    "footer-background",
+    "footer-key-foreground",
+    "block-cursor-background",
+    "input-selection-background",
+)
+#: (text, background) pairs that must stay readable with fewer colours: body text first,
+#: then muted text and accents. "text" and "text-muted" are Textual's "auto" colours,
+#: worked out on each background.
+BODY_TEXT = ("foreground", "text")
+CONTRAST_PAIRS = (
+    *(
+        (text, background)
+        for text in (*BODY_TEXT, "text-muted", "primary", "accent", "error", "text-error", "warning", "success")
+        for background in ("background", "surface", "panel")
+    ),
+    ("footer-key-foreground", "footer-background"),
+)
+AUTO_TEXT = {"text": 0.87, "text-muted": 0.6, "text-disabled": 0.38}
+_PALETTES = {TerminalColours.EIGHT_BIT: EIGHT_BIT_PALETTE, TerminalColours.STANDARD: STANDARD_PALETTE}
+_SYSTEM_NAMES = {TerminalColours.EIGHT_BIT: "256 colours", TerminalColours.STANDARD: "16 colours"}
+#: CIELAB hue angles where each named hue family starts, for messages.
+_HUE_NAMES = (
+    (0, "pink"),
+    (20, "red"),
+    (50, "orange"),
+    (75, "yellow"),
+    (105, "green"),
+    (165, "cyan"),
+    (230, "blue"),
+    (315, "violet"),
+    (340, "pink"),
+)
+
+
+def palette_colour(colour: Color, system: TerminalColours) -> Color:
+    """The palette colour a terminal with `system` colours shows for a truecolour `colour`,
+    picked the way rich (and so Textual) picks it."""
+    number = colour.rich_color.downgrade(system).number
+    assert number is not None
+    red, green, blue = _PALETTES[system][number]
+    return Color(red, green, blue)
+
+
+def theme_variables(theme: Theme) -> dict[str, str]:
+    """The CSS variables a theme gives the app: the ones Textual derives from its colours,
+    with the theme's own [variables] laid over them, as the app does."""
+    return {**theme.to_color_system().generate(), **theme.variables}
+
+
+def hue_family(colour: Color) -> str:
+    """A colour's hue family by its CIELAB hue ("grey" when it has too little chroma)."""
+    lab = rgb_to_lab(colour)
+    if math.hypot(lab.a, lab.b) < GREY_CHROMA:
+        return "grey"
+    angle = math.degrees(math.atan2(lab.b, lab.a)) % 360
+    return next(name for start, name in reversed(_HUE_NAMES) if angle >= start)
+
+
+def contrast(text: Color, background: Color) -> float:
+    """WCAG contrast ratio of two opaque colours, 1 to 21."""
+    lighter, darker = sorted((_luminance(text), _luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def degradation_problems(theme: Theme, system: TerminalColours = TerminalColours.EIGHT_BIT) -> list[str]:
+    """What goes wrong with `theme` in a terminal of `system` colours: colours whose nearest
+    palette colour has another hue family (256 colours only: 16 entries, whose shades each
+    terminal picks itself, cannot keep hues), and text whose contrast falls below its minimum.
+    A theme that passes looks like itself in 256 colours and stays readable in 16."""
+    variables = theme_variables(theme)
+    background = Color.parse(variables["background"])
+    where = _SYSTEM_NAMES[system]
+    problems: list[str] = []
+    if system == TerminalColours.EIGHT_BIT:
+        for name in HUE_VARIABLES:
+            try:
+                colour = painted_colour(variables, name, background)
+            except ColorParseError:  # a [variables] value Textual may read some other way
+                continue
+            shown = palette_colour(colour, system)
+            if changes_hue(colour, shown):
+                problems.append(
+                    f"{name} {colour.hex} ({hue_family(colour)}) shows as {shown.hex} ({hue_family(shown)}) in {where}"
+                )
+    body, muted = LEAST_CONTRAST[system]
+    for text, under in CONTRAST_PAIRS:
+        least = body if text in BODY_TEXT else muted
+        try:
+            behind = painted_colour(variables, under, background)
+            colour = painted_colour(variables, text, behind)
+        except ColorParseError:
+            continue
+        before = contrast(colour, behind)
+        after = contrast(palette_colour(colour, system), palette_colour(behind, system))
+        if after < least and after < before:
+            problems.append(f"{text} on {under} has contrast {after:.1f} (under {least}) in {where}")
+    return problems
+
+
+def changes_hue(colour: Color, shown: Color) -> bool:
+    """Whether `shown` reads as a different hue from `colour`: a grey gains a clear hue,
+    a clear hue goes grey, or the hue moves more than HUE_SHIFT."""
+    before, after = rgb_to_lab(colour), rgb_to_lab(shown)
+    chroma_before, chroma_after = math.hypot(before.a, before.b), math.hypot(after.a, after.b)
+    if chroma_before < GREY_CHROMA:
+        return chroma_after >= TINTED_CHROMA
+    if chroma_after < GREY_CHROMA:
+        return chroma_before >= CLEAR_CHROMA
+    turn = math.atan2(before.b, before.a) - math.atan2(after.b, after.a)
+    return 2 * math.sqrt(chroma_before * chroma_after) * abs(math.sin(turn / 2)) > HUE_SHIFT
+
+
+def painted_colour(variables: dict[str, str], name: str, background: Color) -> Color:
+    """The opaque colour the theme variable `name` paints over `background`, with Textual's
+    "auto" text colours and any transparency worked out."""
+    if name in AUTO_TEXT and variables[name].startswith("auto"):
+        return background + background.get_contrast_text(AUTO_TEXT[name])
+    return (background + Color.parse(variables[name])).clamped
+
+
+def _luminance(colour: Color) -> float:
+    def linear(channel: int) -> float:
+        value = channel / 255
+        return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * linear(colour.r) + 0.7152 * linear(colour.g) + 0.0722 * linear(colour.b)
 
 
 @functools.cache
