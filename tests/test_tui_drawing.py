@@ -79,7 +79,7 @@ def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
             while app.client is None:
                 await pilot.pause(0.05)
             assert gc.get_freeze_count() > 0, "start-up's objects are frozen out of the collector's walks"
-            events = turn.ChatEvents(app, app.session.id)
+            events = turn.ChatEvents(app.chat, app.session.id)
             await events.step_started(0)
             reply = events.reply
             assert reply is not None

@@ -82,7 +82,7 @@ def test_close_fences_closes_only_what_is_open() -> None:
 def test_a_stopped_answer_is_marked_outside_its_code_block(loam_home: Path, tmp_path: Path) -> None:
     async def steps(app: LoamApp) -> None:
         assert app.session is not None
-        events = ChatEvents(app, app.session.id)
+        events = ChatEvents(app.chat, app.session.id)
         await events.step_started(0)
         reply = events.reply
         assert reply is not None
@@ -132,7 +132,7 @@ def test_the_footer_shows_every_key_in_the_same_order_whatever_has_focus(loam_ho
         return [b.key for (_, b, enabled, _) in app.screen.active_bindings.values() if b.show and enabled]
 
     async def steps(app: LoamApp) -> None:
-        await app.post_note("a message to focus")
+        await app.chat.post_note("a message to focus")
         app.query_one(PromptInput).focus()
         await app.pilot.pause()  # type: ignore[attr-defined]
         with_input = footer_keys(app)
@@ -173,7 +173,7 @@ def test_answers_are_signed_by_their_model_after_a_switch(
 
 def test_new_chat_after_focusing_a_message_puts_typing_in_the_input(loam_home: Path, tmp_path: Path) -> None:
     async def steps(app: LoamApp) -> None:
-        await app.post_note("focus me")
+        await app.chat.post_note("focus me")
         app.query(MessageView).last().focus()
         await app.pilot.pause()  # type: ignore[attr-defined]
         first = app.session
@@ -191,7 +191,7 @@ def test_new_chat_after_focusing_a_message_puts_typing_in_the_input(loam_home: P
 def test_the_wait_before_the_first_token_is_shown(loam_home: Path, tmp_path: Path) -> None:
     async def steps(app: LoamApp) -> None:
         assert app.session is not None
-        events = ChatEvents(app, app.session.id, loading=True)
+        events = ChatEvents(app.chat, app.session.id, loading=True)
         await events.step_started(0)
         reply = events.reply
         assert reply is not None
@@ -305,7 +305,7 @@ def test_a_partial_answer_cut_short_is_kept_and_marked(loam_home: Path, tmp_path
     async def steps(app: LoamApp) -> None:
         assert app.session is not None
         app.conversation.append({"role": "user", "content": "q"})
-        events = ChatEvents(app, app.session.id)
+        events = ChatEvents(app.chat, app.session.id)
         await events.step_started(0)
         reply = events.reply
         assert reply is not None
@@ -320,3 +320,26 @@ def test_a_partial_answer_cut_short_is_kept_and_marked(loam_home: Path, tmp_path
         assert shown.first_token_ns > 0
 
     drive_offline(offline_app(tmp_path, model="tiny"), steps)
+
+
+def test_a_focused_answer_shows_its_own_figures(loam_home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "chats.sqlite3"
+    with History(path) as history:
+        session = history.create(SMOL)
+        for n, reason in ((1, "length"), (2, "stop")):
+            history.add_message(session.id, "user", f"q{n}")
+            figures = {"eval_count": 10 * n, "eval_duration": 10**9, "total_duration": 2 * 10**9, "done_reason": reason}
+            history.add_message(session.id, "assistant", f"a{n}", figures, model="tiny" if n == 1 else SMOL)
+
+    async def steps(app: LoamApp) -> None:
+        panel = app.query_one(StatsPanel)
+        assert panel.border_title == f"{SMOL} · answer 2 · stop"
+        app.query("MessageView.assistant").first().focus()
+        await app.pilot.pause()  # type: ignore[attr-defined]
+        assert panel.border_title == "tiny · answer 1 · length"
+        assert panel.shown is not None and panel.shown.stats is not None and panel.shown.stats.eval_count == 10
+        app.query_one(PromptInput).focus()
+        await app.pilot.pause()  # type: ignore[attr-defined]
+        assert panel.border_title == f"{SMOL} · answer 2 · stop"
+
+    drive_offline(LoamApp(host="127.0.0.1:9", autostart=False, history_path=path, verbose=True), steps)

@@ -18,7 +18,7 @@ from app.store.modelfile import parse
 from app.store.names import ModelName
 from app.store.store import Store
 from app.tui.app import LoamApp
-from app.tui.chat import PromptInput
+from app.tui.chat import ChatLog, MessageView, PromptInput
 from app.tui.screens import ModelPicker
 from app.tui.stats_panel import Answer, Context, StatsPanel
 from tests.server_process import ServerProcess, clone_store
@@ -118,3 +118,41 @@ def test_model_picker(snap_compare: Any, server: ServerProcess, loam_home: Path,
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.mark.parametrize("state", ["waiting", "cancelled", "narrow"])
+def test_stats_panel_states(snap_compare: Any, loam_home: Path, tmp_path: Path, state: str) -> None:
+    """The panel while the first token is awaited, after a stop, and collapsed on a narrow terminal."""
+    app = chat_app(tmp_path, "loam-dark", host="127.0.0.1:9", autostart=False, verbose=True)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        panel = app.query_one(StatsPanel)
+        panel.set_context(Context(num_ctx=4096, num_predict=256, placement="100% CPU · 118 MiB"))
+        if state == "waiting":
+            panel.start_live("smollm2:135m", 2)
+            panel.show_waiting("loading smollm2:135m", 1.5)
+        elif state == "cancelled":
+            panel.show_answer(Answer("smollm2:135m", 2, "cancelled"))
+        await pilot.pause()
+
+    size = (90, 36) if state == "narrow" else SIZE
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_help_at_80_columns(snap_compare: Any, loam_home: Path, tmp_path: Path) -> None:
+    app = chat_app(tmp_path, "loam-dark", host="127.0.0.1:9", autostart=False)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        prompt = app.query_one(PromptInput)
+        prompt.text = "/help"
+        await pilot.press("enter")
+        for _ in range(100):
+            if any("/unset" in v.content for v in app.query("MessageView.note").results(MessageView)):
+                break
+            await pilot.pause(0.05)
+        app.query_one(ChatLog).scroll_end(animate=False)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 40), run_before=run_before)

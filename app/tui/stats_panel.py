@@ -14,7 +14,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
 from app.stats import Stats, short_duration
 
@@ -91,11 +91,12 @@ def count(n: int) -> str:
     return f"{n / 1000:.1f}k" if n < 10_000 else f"{n // 1000}k"
 
 
-def rate_bars(rates: list[float], width: int = HISTORY) -> Text:
-    """The session's eval rates as one column each on a fixed scale from zero, newest last."""
+def rate_bars(rates: list[float], width: int = HISTORY, empty: str = "no answers yet") -> Text:
+    """Rates as one column each on a fixed scale from zero, newest last (the session's answers, or
+    an answer's rate as it streams): one value is one column, not a block across the panel."""
     shown = rates[-width:]
     if not shown:
-        return Text("no answers yet", style="grey50")
+        return Text(empty, style="grey50")
     top = max(shown)
     levels = " ▁▂▃▄▅▆▇█"
     return Text("".join(levels[max(1, round(8 * r / top))] if top > 0 else levels[0] for r in shown), style="green")
@@ -122,10 +123,10 @@ def answer_text(answer: Answer | None, context: Context) -> Text:
     row("first token", short_duration(first))
     parts = time_parts(s)
     text.append_text(stacked_bar(parts)).append("\n")
-    for (name, style, _), value in zip(PARTS, parts.values(), strict=True):
-        if value:
-            text.append("█ ", style=style).append(f"{name} {short_duration(value)}  ")
-    text.append("\n")
+    shown = [(name, style, value) for (name, style, _), value in zip(PARTS, parts.values(), strict=True) if value]
+    for i, (name, style, value) in enumerate(shown):
+        text.append("█ ", style=style).append(f"{name} {short_duration(value)}")
+        text.append("\n" if i % 2 or i == len(shown) - 1 else "  ")
     prompt = f"{s.prompt_eval_count + s.prompt_cache_count} tok"
     if s.prompt_cache_count:
         prompt += f", {s.prompt_cache_count} cached"
@@ -168,8 +169,8 @@ class StatsPanel(VerticalScroll):
     }
     StatsPanel > Static { height: auto; }
     StatsPanel > .caption { margin-top: 1; color: $text-muted; text-style: bold; }
-    StatsPanel > #live { color: $accent; }
-    StatsPanel > #live-rates { height: 2; }
+    StatsPanel > #live { color: $accent; height: 2; }
+    StatsPanel > #live-rates { height: 1; }
     StatsPanel.-narrow > .full { display: none; }
     """
 
@@ -184,9 +185,7 @@ class StatsPanel(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(answer_text(None, self.context), id="figures")
         yield Static("", id="live")
-        spark = Sparkline([], id="live-rates")
-        spark.display = False
-        yield spark
+        yield Static("", id="live-rates")
         yield Static("options in effect", classes="caption full")
         yield Static(options_text(self.context), id="options", classes="full")
         yield Static("eval rate, this chat", classes="caption full")
@@ -225,7 +224,6 @@ class StatsPanel(VerticalScroll):
     def start_live(self, model: str, number: int) -> None:
         self.border_title = f"{model} · answer {number} · streaming"
         self.live_rates = []
-        self.query_one("#live-rates", Sparkline).display = True
 
     def show_live(self, rate: float, pieces: int) -> None:
         """While an answer streams: its rate so far, its length against num_predict, the rate over time."""
@@ -234,14 +232,14 @@ class StatsPanel(VerticalScroll):
             line.append(f" of {self.context.num_predict}\n").append_text(gauge(pieces, self.context.num_predict))
         self.query_one("#live", Static).update(line, layout=False)
         self.live_rates.append(rate)
-        self.query_one("#live-rates", Sparkline).data = list(self.live_rates)
+        self.query_one("#live-rates", Static).update(rate_bars(self.live_rates, BAR, ""), layout=False)
 
     def show_waiting(self, what: str, seconds: float) -> None:
         self.query_one("#live", Static).update(Text(f"{what} · {seconds:.1f} s"), layout=False)
 
     def end_live(self) -> None:
         self.query_one("#live", Static).update("")
-        self.query_one("#live-rates", Sparkline).display = False
+        self.query_one("#live-rates", Static).update("")
 
     # -- the session -----------------------------------------------------------
 

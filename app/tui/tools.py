@@ -30,7 +30,7 @@ from app.tools.mcp import McpError, McpManager
 from app.tui.models_screen import panel_css
 
 if TYPE_CHECKING:
-    from app.tui.app import LoamApp
+    from app.tui.chat_screen import ChatScreen
 
 #: Characters of arguments shown in a call block's title.
 TITLE_ARGS = 60
@@ -142,7 +142,7 @@ class ChatTools:
         if name == "read_file" and not self.roots:
             raise LoamError('read_file needs a folder to read: add [tools] read_roots = ["~/notes"] to config.toml')
 
-    async def supports_tools(self, app: LoamApp, model: str) -> bool:
+    async def supports_tools(self, app: ChatScreen, model: str) -> bool:
         """Whether /api/show lists "tools" among the model's capabilities (asked once per model)."""
         if model not in self.capable:
             assert app.client is not None
@@ -150,7 +150,7 @@ class ChatTools:
             self.capable[model] = "tools" in (show.get("capabilities") or [])
         return self.capable[model]
 
-    async def toolbox(self, app: LoamApp, session_id: int, model: str, enabled: tuple[str, ...]) -> Toolbox:
+    async def toolbox(self, app: ChatScreen, session_id: int, model: str, enabled: tuple[str, ...]) -> Toolbox:
         """The tools to offer in this turn; nothing for a model without tools (said once per chat and model)."""
         enabled = tuple(name for name in enabled if name in self.names())
         if not enabled:
@@ -178,7 +178,7 @@ class ChatTools:
             await self.manager.close()
 
 
-async def tools_command(app: LoamApp, action: str, name: str) -> None:
+async def tools_command(app: ChatScreen, action: str, name: str) -> None:
     """/tools (list), /tools on NAME, /tools off NAME: which tools this chat offers the model."""
     tools = app.chat_tools
     if tools.error:

@@ -24,7 +24,7 @@ from app.tui.stats_panel import Answer, StatsPanel
 from app.tui.tools import ToolCallView
 
 if TYPE_CHECKING:
-    from app.tui.app import LoamApp
+    from app.tui.chat_screen import ChatScreen
 
 #: How often the line shown before the first token is redrawn.
 WAIT_TICK = 0.5
@@ -33,7 +33,7 @@ WAIT_TICK = 0.5
 class ChatEvents(TurnEvents):
     """The tool loop drawn into the chat, for one session and one model."""
 
-    def __init__(self, app: LoamApp, session_id: int, loading: bool = False) -> None:
+    def __init__(self, app: ChatScreen, session_id: int, loading: bool = False) -> None:
         """`loading`: the model was not loaded when the turn began (the wait is its load)."""
         self.app, self.session_id, self.model = app, session_id, app.model
         self.log = app.query_one(ChatLog)
@@ -89,11 +89,11 @@ class ChatEvents(TurnEvents):
             self.pending.append(text)
         if self.pending and (chunk.get("done") or self.pacer.due()):
             self.pacer.drawing()
-            with self.app.batch_update():  # the text and the live figures in one frame
+            with self.app.app.batch_update():  # the text and the live figures in one frame
                 await self._flush()
                 self.panel.show_live(self.live.rate, self.live.pieces + 1)
             # a draw is two frames: the new text's, then the one for the sizes it changed
-            self.app.call_after_refresh(self.app.call_after_refresh, self.pacer.drawn)
+            self.app.app.call_after_refresh(self.app.app.call_after_refresh, self.pacer.drawn)
 
     async def _flush(self) -> None:
         if self.reply is not None and self.pending:
@@ -107,7 +107,11 @@ class ChatEvents(TurnEvents):
             return
         self._stop_ticker()
         await self._flush()
-        stats = Stats.from_response(final).to_dict() if final else None
+        stats = (
+            Stats.from_response(final).to_dict() | {"done_reason": str(final.get("done_reason") or "stop")}
+            if final
+            else None
+        )
         reply, self.reply = self.reply, None
         if reply is not None:
             if message.get("tool_calls") and not message["content"].strip():
