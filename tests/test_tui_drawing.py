@@ -10,7 +10,7 @@ import pytest
 
 from app.tui import turn
 from app.tui.app import LoamApp
-from app.tui.chat import ChatLog, DrawPacer, MessageView, ThemedMarkdown
+from app.tui.chat import RESERVE_LINES, ChatLog, DrawPacer, LiveMarkdown, MessageView, ThemedMarkdown
 
 
 class Clocks:
@@ -83,18 +83,24 @@ def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
             await events.step_started(0)
             reply = events.reply
             assert reply is not None
+            log = app.query_one(ChatLog)
+            sizes = []
             for word in words:
                 await events.chunk({"message": {"role": "assistant", "content": word}})
                 await asyncio.sleep(0.01)
+                sizes.append(log.virtual_size)
             await pilot.pause(0.2)
+            live = reply.query_one(LiveMarkdown)
             body = reply.query_one(ThemedMarkdown)
-            seen_while_streaming.append(body.source)
-            assert reply.styles.min_height is not None, "a streaming answer holds room below its text"
-            assert reply.size.height > body.size.height + 1
+            assert live.display and not body.display, "while it streams, the answer is drawn without Textual's tree"
+            seen_while_streaming.append("".join(live.render_line(y).text for y in range(3)))
+            held = live.styles.height
+            assert held is not None and held.value > 2 + RESERVE_LINES // 2, "it holds room below its text"
+            assert len(set(sizes[5:])) == 1, "within its room, a draw changes no size on screen (no layout)"
             final = {"done": True, "eval_count": 41, "eval_duration": 10**9, "total_duration": 2 * 10**9}
             await events.message({"role": "assistant", "content": "".join(words)}, final)
             await pilot.pause(0.2)
-            assert reply.styles.min_height is None
+            assert body.display and not live.display
             assert reply.size.height <= body.size.height + 3  # the author's line and the figures
             assert body.source == "".join(words)
             assert len(app.query_one(ChatLog).query(MessageView)) >= 1

@@ -156,3 +156,28 @@ def test_help_at_80_columns(snap_compare: Any, loam_home: Path, tmp_path: Path) 
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 40), run_before=run_before)
+
+
+def test_an_answer_streaming(snap_compare: Any, loam_home: Path, tmp_path: Path) -> None:
+    """Mid-answer: the text drawn by Rich into held room (LiveMarkdown), the panel's live figures."""
+    from app.tui.turn import ChatEvents
+
+    app = chat_app(tmp_path, "loam-dark", host="127.0.0.1:9", autostart=False, verbose=True)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        assert app.session is not None
+        events = ChatEvents(app.chat, app.session.id)
+        await events.step_started(0)
+        for piece in ANSWER.split(" ")[:40]:
+            events.pacer.next = 0.0  # draw every piece, so the picture does not depend on timing
+            await events.chunk({"message": {"role": "assistant", "content": piece + " "}})
+            await pilot.pause()  # the frame reports, so the next piece may be drawn
+        events._stop_ticker()
+        panel = app.query_one(StatsPanel)
+        panel.live_rates = [52.0, 61.5, 70.2, 74.8, 77.0, 79.1]  # the figures measured above vary with timing
+        panel.show_live(80.4, 36)
+        app.query_one(ChatLog).scroll_end(animate=False)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

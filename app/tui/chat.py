@@ -8,12 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import RenderableType
+from rich.markdown import Markdown as RichMarkdown
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
 from textual.highlight import highlight
 from textual.message import Message
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownFence
@@ -98,6 +100,37 @@ class DrawPacer:
         self.next = self.clock() + min(max(cost / self.budget, low), high)
 
 
+class LiveMarkdown(Widget):
+    """A streaming answer, drawn by Rich from its whole text into a region of fixed height.
+
+    Textual's Markdown widget is a tree of block widgets: each new piece of text
+    changed their sizes, and every draw laid out the whole screen again (10-40 ms
+    on 2 cores, taken from the model). Here a draw renders the text once into
+    lines and repaints this region alone; the height changes a page at a time.
+    The answer gets Textual's own Markdown once it ends.
+    """
+
+    DEFAULT_CSS = "LiveMarkdown { height: auto; }"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._strips: list[Strip] = []
+
+    def show(self, markdown: str, code_theme: str) -> int:
+        """Draw `markdown` at the current width, without a layout; the lines it takes."""
+        width = max(self.size.width, 20)
+        console = self.app.console
+        lines = console.render_lines(
+            RichMarkdown(markdown, code_theme=code_theme), console.options.update_width(width), pad=False
+        )
+        self._strips = [Strip(line) for line in lines]
+        self.refresh()
+        return len(self._strips)
+
+    def render_line(self, y: int) -> Strip:
+        return self._strips[y] if y < len(self._strips) else Strip.blank(self.size.width)
+
+
 class MessageView(Vertical, can_focus=True):
     """One chat message: who said it, the Markdown body, and for answers a line of figures.
 
@@ -142,6 +175,9 @@ class MessageView(Vertical, can_focus=True):
             yield Static(self.body if self.body is not None else self.content, classes="body", markup=False)
         else:
             yield ThemedMarkdown(self.content)
+            live = LiveMarkdown(classes="live")
+            live.display = False
+            yield live
         waiting = Static("", classes="waiting", markup=False)
         waiting.display = False
         yield waiting
@@ -156,22 +192,26 @@ class MessageView(Vertical, can_focus=True):
         return f"{stats.eval_count} tokens · {stats.eval_rate:.1f} tokens/s · {short_duration(stats.total_duration)}"
 
     async def append(self, text: str) -> None:
-        """Add streamed text, parsed from the last block on, within the caller's frame.
+        """Add streamed text and draw the whole answer so far, within the caller's frame.
 
         The caller paces and batches the text (DrawPacer), because every frame costs
-        the model CPU. The message also keeps RESERVE_LINES of room below the text:
-        while its height holds, the log neither grows nor scrolls, so a frame repaints
-        this message alone instead of everything on screen. The room is a page of
-        the log (the answer starts at the top, as in a document) and grows by pages.
+        the model CPU. The text is drawn into a region of fixed height (LiveMarkdown)
+        that keeps RESERVE_LINES of room below it: while that holds, nothing on
+        screen changes size, so a frame repaints this answer alone, with no layout.
+        The room is a page of the log (the answer starts at the top, as in a
+        document) and grows by pages.
         """
         self.content += text
-        body = self.query_one(ThemedMarkdown)
-        await body.append(text)
-        used = body.size.height + 1  # as of the last layout, with the author's line
+        live = self.query_one(LiveMarkdown)
+        if not live.display:
+            self.query_one(ThemedMarkdown).display = False
+            live.display = True
+        style = getattr(self.app, "pygments_style", "monokai")
+        used = live.show(self.content, style)
         if used + RESERVE_LINES // 2 >= self._reserved:
-            page = self.parent.size.height - 2 if isinstance(self.parent, Widget) else 0
+            page = self.parent.size.height - 3 if isinstance(self.parent, Widget) else 0
             self._reserved = used + max(RESERVE_LINES, page)
-            self.styles.min_height = self._reserved
+            live.styles.height = self._reserved
 
     def waiting(self, text: str) -> None:
         """A line above the answer until its first text: what the server is doing, and for how long."""
@@ -188,9 +228,10 @@ class MessageView(Vertical, can_focus=True):
         if not self.is_attached:  # the chat was cleared or switched while this answer streamed
             return
         self.waiting("")
-        if self._reserved:
-            self._reserved = 0
-            self.styles.min_height = None
+        self._reserved = 0
+        if self.role not in ("error", "note", "user"):
+            self.query_one(LiveMarkdown).display = False
+            self.query_one(ThemedMarkdown).display = True
         self.stopped = stopped
         mark = "\n\n*[stopped]*" if stopped else f"\n\n*[cut short: {failed}]*" if failed else ""
         if self.role not in ("error", "note", "user"):
