@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from app.tui.chat import MessageView, PromptInput, ThemedMarkdown
 from app.tui.commands import help_body
 from app.tui.stats_panel import StatsPanel, rate_bars, rates_summary
 from app.tui.turn import ChatEvents
+from tests.runner_process import free_port
 from tests.server_process import ServerProcess, clone_store
 from tests.test_tui import ask_and_wait, drive, new_app, say, until
 
@@ -343,3 +347,35 @@ def test_a_focused_answer_shows_its_own_figures(loam_home: Path, tmp_path: Path)
         assert panel.border_title == f"{SMOL} · answer 2 · stop"
 
     drive_offline(LoamApp(host="127.0.0.1:9", autostart=False, history_path=path, verbose=True), steps)
+
+
+def test_a_chat_starts_again_the_server_it_started(
+    smollm2_store: Path, tiny_gguf: Path, loam_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server the chat started dies; the next message finds it gone, starts it again, and is answered."""
+    root = clone_store(smollm2_store, loam_home / "models")
+    create(Store(root), Catalog({}, SMOL), ModelName.parse("tiny"), parse(f"FROM {tiny_gguf}\n"), folder=root)
+    port = free_port()
+    monkeypatch.setenv("LOAM_HOST", f"127.0.0.1:{port}")
+    pid_file = loam_home / "state" / "loam" / f"serve-{port}.pid"
+
+    def kill_server() -> None:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    async def steps(app: LoamApp) -> None:
+        await until(app, lambda: app.server_state == "connected")
+        first = int(pid_file.read_text())
+        kill_server()
+        await say(app, "hello")
+        await until(app, lambda: app.server_state == "connected (restarted)")
+        assert int(pid_file.read_text()) != first, "a new server runs"
+        assert app.query_one(PromptInput).text == "hello" and app.conversation == []
+        await ask_and_wait(app, "hello")
+        assert [m["role"] for m in app.conversation] == ["user", "assistant"]
+
+    try:
+        drive(LoamApp(model="tiny", history_path=tmp_path / "c.sqlite3"), steps)
+    finally:
+        kill_server()
