@@ -103,7 +103,13 @@ class Terminal:
         raise AssertionError(f"the screen never showed {what or check!r}; it shows:\n{self.screen()}")
 
     def close(self) -> None:
+        """End the tmux server and remove its socket, which kill-server leaves behind."""
+        found = subprocess.run(
+            ["tmux", "-L", self.socket, "display-message", "-p", "#{socket_path}"], capture_output=True, text=True
+        )
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        if found.returncode == 0 and found.stdout.strip():
+            Path(found.stdout.strip()).unlink(missing_ok=True)
 
 
 def say(term: Terminal, text: str, shell: bool = False) -> None:
