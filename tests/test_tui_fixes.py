@@ -379,3 +379,19 @@ def test_a_chat_starts_again_the_server_it_started(
         drive(LoamApp(model="tiny", history_path=tmp_path / "c.sqlite3"), steps)
     finally:
         kill_server()
+
+
+def test_a_reopened_answer_that_never_ended_is_still_marked(loam_home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "chats.sqlite3"
+    with History(path) as history:
+        session = history.create(SMOL)
+        history.add_message(session.id, "user", "q")
+        history.add_message(session.id, "assistant", "Here:\n```python\nx = 1", None, model=SMOL)
+
+    async def steps(app: LoamApp) -> None:
+        await until(app, lambda: bool(app.query("MessageView.assistant")))
+        view = list(app.query("MessageView.assistant").results(MessageView))[0]
+        assert view.query_one(ThemedMarkdown).source == "Here:\n```python\nx = 1\n```\n\n*[stopped]*"
+        assert view.content == "Here:\n```python\nx = 1"
+
+    drive_offline(LoamApp(host="127.0.0.1:9", autostart=False, history_path=path), steps)

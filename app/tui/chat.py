@@ -167,6 +167,7 @@ class MessageView(Vertical, can_focus=True):
         self.body = body
         self.stopped = False
         self.ended = ""  # how a streamed answer ended: stop, length, cancelled, error
+        self.cut_short = False  # a stored answer that never ended (stopped, or its server went away): marked
         self._reserved = 0  # lines held below a streaming answer (see append)
 
     def compose(self) -> ComposeResult:
@@ -174,7 +175,7 @@ class MessageView(Vertical, can_focus=True):
         if self.role in ("error", "note", "user"):  # what the user typed is shown as typed, lines and all
             yield Static(self.body if self.body is not None else self.content, classes="body", markup=False)
         else:
-            yield ThemedMarkdown(self.content)
+            yield ThemedMarkdown(close_fences(self.content) + "\n\n*[stopped]*" if self.cut_short else self.content)
             live = LiveMarkdown(classes="live")
             live.display = False
             yield live

@@ -189,7 +189,9 @@ class ChatScreen(Screen[None]):
                 arguments = (call.get("function") or {}).get("arguments") or {}
                 views.append(ToolCallView(m.tool_name or "tool", arguments, m.content, m.content.startswith("Error:")))
             elif m.content or not m.tool_calls:
-                views.append(self.message_view(m.role, m.content, m.stats, m.model))
+                view = self.message_view(m.role, m.content, m.stats, m.model)
+                view.cut_short = m.role == "assistant" and not m.stats and not m.tool_calls  # stopped or failed
+                views.append(view)
         return views
 
     def update_bar(self) -> None:
@@ -268,7 +270,7 @@ class ChatScreen(Screen[None]):
             await events.stopped()
         except (LoamError, httpx.HTTPError, sqlite3.Error) as e:
             reason = str(e) or type(e).__name__
-            lost = isinstance(e, httpx.TransportError) or (isinstance(e, LoamError) and "no loam server" in reason)
+            lost = self.client is None or not await self.client.answers()  # however the failure showed
             if not await events.failed("the server went away" if lost else "error"):
                 await self._unsend(history, session, text)
             await self.post_note(reason, "error")
