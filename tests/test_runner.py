@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import subprocess
 import sys
 import threading
@@ -226,7 +227,13 @@ def test_health_reports_load_progress() -> None:
 # -- failures ---------------------------------------------------------------
 
 
-def run_failing(tmp_path: Path, *args: str) -> dict:
+def run_failing(tmp_path: Path, *args: str, address_space: int | None = None) -> dict:
+    """The runner's exit report; `address_space` caps its memory (bytes), so an allocation fails at once."""
+
+    def cap() -> None:
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     proc = subprocess.run(
         [sys.executable, "-m", "app.runner", *args, "--port", "0"],
         cwd=tmp_path,
@@ -234,6 +241,7 @@ def run_failing(tmp_path: Path, *args: str) -> dict:
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=cap,
     )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])
@@ -258,7 +266,8 @@ def test_an_unsupported_architecture(tmp_path: Path) -> None:
 
 
 def test_a_context_that_does_not_fit_in_memory(tmp_path: Path, tiny_gguf: Path) -> None:
-    report = run_failing(tmp_path, "--model", str(tiny_gguf), "--ctx-size", "400000000")
+    """A 20 GB KV cache under a 3 GiB cap: refused as it would be on a small machine, without filling this one."""
+    report = run_failing(tmp_path, "--model", str(tiny_gguf), "--ctx-size", "400000000", address_space=3 << 30)
     assert report["kind"] == "oom" and "not enough memory" in report["error"]
 
 

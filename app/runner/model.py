@@ -240,7 +240,7 @@ def _apply_lora(model: llama.llama_model_p, ctx: llama.llama_context_p, path: Pa
     return adapter
 
 
-_OOM = re.compile(r"out of memory|failed to allocate|unable to allocate|cannot allocate|alloc.*failed", re.I)
+_OOM = re.compile(r"out of memory|bad_alloc|failed to allocate|unable to allocate|cannot allocate|alloc.*failed", re.I)
 _ARCH = re.compile(r"unknown model architecture: '([^']*)'")
 
 
