@@ -107,3 +107,11 @@ def test_a_streamed_answer_shows_before_it_ends_and_gives_back_its_room(
 
     asyncio.run(run())
     assert seen_while_streaming[0].startswith("word0 word1"), seen_while_streaming
+
+
+def test_few_cores_draw_once_a_second_more_cores_four_times() -> None:
+    """Where the model's threads have every core, frames cost it a decode step each: fewer of them."""
+    from app.tui.chat import draw_interval
+
+    assert draw_interval(2) == 1.0 and draw_interval(4) == 1.0
+    assert draw_interval(8) == 0.25

@@ -51,8 +51,10 @@ class Terminal:
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
         self.socket = f"loam-test-{uuid.uuid4().hex[:12]}"
         self.env = env
+        # 60 rows: a reopened chat shows the three signed answers even when the stopped one ran long
+        # (a streaming answer is drawn once a second on a small machine, so Esc lands later in it).
         self.tmux(
-            "new-session", "-d", "-x", "120", "-y", "40", "-c", str(cwd),
+            "new-session", "-d", "-x", "120", "-y", "60", "-c", str(cwd),
             "env", f"PS1={PROMPT} ", f"TERM={env['TERM']}", "bash", "--norc", "--noprofile",
         )  # fmt: skip
 

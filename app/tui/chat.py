@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -47,8 +48,20 @@ class ThemedMarkdown(Markdown):
     BLOCKS = {**Markdown.BLOCKS, "fence": ThemedFence, "code_block": ThemedFence}
 
 
+#: Where the model's threads would have every core (this many or fewer), each frame also stalls a
+#: decode step that waits for the thread it displaced: on 2 cores, drawing every 0.25 s held the
+#: chat at 0.83x `loam ask`'s eval rate, every 0.5 s at 0.87x, every 1 s at 0.94x (benchmarks/server.py).
+FEW_CORES = 4
+
+
+def draw_interval(cores: int | None = None) -> float:
+    """The shortest time between two draws of a streaming answer on a machine with `cores` cores."""
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return 1.0 if cores <= FEW_CORES else 0.25
+
+
 #: A streaming answer is drawn at most this often...
-DRAW_INTERVAL = 0.25
+DRAW_INTERVAL = draw_interval()
 #: ...and at least this often, however long a frame takes...
 DRAW_INTERVAL_MAX = 1.0
 #: ...and otherwise as often as keeps the drawing's CPU time under this share of the wall time
