@@ -114,6 +114,12 @@ def test_runner_flags_are_llama_servers() -> None:
     assert opts.no_mmap and opts.embedding and opts.port == 9000 and opts.host == "127.0.0.1"
 
 
+def test_the_v_cache_type_follows_k_unless_named() -> None:
+    assert parse_args(["-m", "m.gguf", "-ctk", "q8_0"]).kv_cache_type_v == ""
+    both = parse_args(["-m", "m.gguf", "--cache-type-k", "q8_0", "--cache-type-v", "q4_0"])
+    assert (both.kv_cache_type, both.kv_cache_type_v) == ("q8_0", "q4_0")
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [

@@ -249,6 +249,15 @@ def test_a_full_queue_answers_503(models: Path, tmp_path: Path) -> None:
             assert second.status_code == 503 and "busy" in second.json()["error"]
 
 
+def test_a_quantized_kv_cache_loads_and_answers(models: Path, tmp_path: Path) -> None:
+    """LOAM_KV_CACHE_TYPE reaches the runner as llama-server's -ctk/-ctv flags, which it takes."""
+    body = {"model": SMOL, "prompt": "Say hello.", "stream": False, "options": {"temperature": 0, "num_predict": 4}}
+    with ServerProcess(models, tmp_path, LOAM_KV_CACHE_TYPE="q8_0") as s:
+        reply = httpx.post(s.url + "/api/generate", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["eval_count"] == 4
+
+
 def test_max_loaded_models_evicts_the_idle_one(models: Path, tmp_path: Path) -> None:
     with ServerProcess(models, tmp_path, LOAM_MAX_LOADED_MODELS="1") as s:
         c = ollama.Client(host=s.url)

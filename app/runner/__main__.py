@@ -92,6 +92,7 @@ def state_cache(options: RunnerOptions) -> StateCache:
             "model": model,
             "llama_cpp": llama_cpp.__version__,
             "kv_cache_type": options.kv_cache_type,
+            "kv_cache_type_v": options.kv_cache_type_v or options.kv_cache_type,
             "flash_attn": options.flash_attn,
             "lora": ",".join(str(p.resolve()) for p in options.lora),
         }

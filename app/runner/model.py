@@ -202,7 +202,8 @@ def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.ll
     params.n_seq_max = options.parallel
     params.n_threads = params.n_threads_batch = options.threads or max(1, (os.cpu_count() or 2))
     params.flash_attn_type = flash_attn_type(options)
-    params.type_k = params.type_v = _KV_TYPES[options.kv_cache_type]
+    params.type_k = _KV_TYPES[options.kv_cache_type]
+    params.type_v = _KV_TYPES[options.kv_cache_type_v or options.kv_cache_type]
     params.no_perf = False
     if options.embedding:
         params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN

@@ -24,6 +24,7 @@ class RunnerOptions:
     threads: int = 0
     flash_attn: str = "auto"
     kv_cache_type: str = "f16"
+    kv_cache_type_v: str = ""  # empty: the K cache's type
     lora: list[Path] = field(default_factory=list)
     main_gpu: int = 0
     tensor_split: list[float] = field(default_factory=list)
@@ -52,6 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
     p.add_argument("-t", "--threads", type=int, default=0, help="0: one per CPU")
     p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default="auto", choices=("on", "off", "auto"))
     p.add_argument("--kv-cache-type", "-ctk", "--cache-type-k", default="f16", choices=KV_CACHE_TYPES)
+    p.add_argument("-ctv", "--cache-type-v", default="", choices=KV_CACHE_TYPES, help="default: the K cache's")
     p.add_argument("--lora", type=Path, action="append", default=[])
     p.add_argument("-mg", "--main-gpu", type=int, default=0)
     p.add_argument("-ts", "--tensor-split", default="", help="fractions per GPU, e.g. 3,1")
@@ -80,6 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         threads=a.threads,
         flash_attn=a.flash_attn,
         kv_cache_type=a.kv_cache_type,
+        kv_cache_type_v=a.cache_type_v,
         lora=a.lora,
         main_gpu=a.main_gpu,
         tensor_split=[float(x) for x in a.tensor_split.split(",") if x.strip()],
