@@ -118,6 +118,9 @@ def test_the_v_cache_type_follows_k_unless_named() -> None:
     assert parse_args(["-m", "m.gguf", "-ctk", "q8_0"]).kv_cache_type_v == ""
     both = parse_args(["-m", "m.gguf", "--cache-type-k", "q8_0", "--cache-type-v", "q4_0"])
     assert (both.kv_cache_type, both.kv_cache_type_v) == ("q8_0", "q4_0")
+    with pytest.raises(SystemExit) as bad:
+        parse_args(["-m", "m.gguf", "-ctv", "q9_9"])
+    assert bad.value.code == 2
 
 
 @pytest.mark.parametrize(

@@ -88,11 +88,12 @@ def state_cache(options: RunnerOptions) -> StateCache:
         if not model:
             st = options.model.stat()
             model = f"{options.model.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        k, v = options.kv_cache_type, options.kv_cache_type_v or options.kv_cache_type
+        kv_types = k if v == k else f"{k}/{v}"  # states saved with one type for both keep their key
         key = {
             "model": model,
             "llama_cpp": llama_cpp.__version__,
-            "kv_cache_type": options.kv_cache_type,
-            "kv_cache_type_v": options.kv_cache_type_v or options.kv_cache_type,
+            "kv_cache_type": kv_types,
             "flash_attn": options.flash_attn,
             "lora": ",".join(str(p.resolve()) for p in options.lora),
         }
