@@ -50,7 +50,8 @@ class RunnerProcess:
         raise RuntimeError("runner did not become ready")
 
     def complete(self, **body: object) -> dict:
-        response = httpx.post(self.url + "/completion", json=body, timeout=None)
+        """The whole answer of /completion, with its token ids (`return_tokens`) unless the body says otherwise."""
+        response = httpx.post(self.url + "/completion", json={"return_tokens": True, **body}, timeout=None)
         response.raise_for_status()
         return response.json()
 
@@ -58,8 +59,8 @@ class RunnerProcess:
         chunks = []
         with httpx.stream("POST", self.url + "/completion", json={**body, "stream": True}, timeout=None) as r:
             for line in r.iter_lines():
-                if line:
-                    chunks.append(json.loads(line))
+                if line.startswith("data: "):  # server-sent events, as llama-server streams
+                    chunks.append(json.loads(line[6:]))
         return chunks
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from app.runner.cache import SavedState, StateCache
 from app.runner.disk_cache import SUFFIX, DiskStates
+from tests.ggufmaker import write_tiny_llama
 from tests.runner_process import RunnerProcess
 from tests.server_process import ServerProcess, clone_store
 
@@ -180,9 +181,15 @@ def test_loam_cache_disk_takes_sizes_and_refuses_nonsense(monkeypatch: pytest.Mo
 # -- real states, real processes --------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, trained (so it says) on 1024 tokens: a slot's context never exceeds that."""
+    return write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-1k.gguf", n_ctx=1024)
+
+
 def test_the_runner_restores_a_conversation_after_a_restart(tiny_gguf: Path, tmp_path: Path) -> None:
     prompt = [1] + [random.Random(3).randrange(2, 200) for _ in range(300)]
-    args = ("--ctx-size", "1024", "--cache-disk", str(tmp_path / "states"))
+    args = ("--ctx-size", "1024", "--metrics", "--cache-disk", str(tmp_path / "states"))
     with RunnerProcess(tiny_gguf, *args) as runner:
         first = runner.complete(prompt=prompt, n_predict=4, temperature=0)
     with RunnerProcess(tiny_gguf, "--ctx-size", "1024") as runner:  # no disk cache: the reference

@@ -21,7 +21,7 @@ from tests.runner_process import RunnerProcess
 def test_four_prompts_at_once_are_read_in_turn(smollm2_store: Path) -> None:
     model = smollm2_store / "blobs" / f"sha256-{SMOLLM2_SHA256}"
     # A batch of 64 tokens holds one of the short prompts at a time.
-    flags = ("--ctx-size", "4096", "--parallel", "5", "--batch-size", "64", "--threads", "2")
+    flags = ("--ctx-size", "8192", "--parallel", "5", "--batch-size", "64", "--threads", "2")
     prompts = [" ".join(f"w{i}x{k}" for k in range(12)) for i in range(4)]
     long = " ".join(f"long{k}" for k in range(400))  # keeps the decode loop busy while the four arrive
     results: list[dict] = [{}] * 5
@@ -32,7 +32,8 @@ def test_four_prompts_at_once_are_read_in_turn(smollm2_store: Path) -> None:
     with RunnerProcess(model, *flags) as runner:
         first = threading.Thread(target=one, args=(4,))
         first.start()
-        while not any(s["n_prompt_pending"] for s in httpx.get(runner.url + "/slots").json()):
+        while not any(s.get("n_prompt_pending") for s in httpx.get(runner.url + "/slots").json()):
+            assert first.is_alive(), "the long prompt ended before the four arrived"
             time.sleep(0.01)
         threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
         for t in threads:

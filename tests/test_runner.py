@@ -35,7 +35,9 @@ def smollm2(smollm2_store: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunnerProcess]:
     model = write_tiny_llama(tmp_path_factory.mktemp("runner") / "tiny.gguf", n_ctx=256)
-    with RunnerProcess(model, "--ctx-size", "128", "--parallel", "1", "--threads", "2", "--embedding") as runner:
+    flags = ["--ctx-size", "128", "--parallel", "1", "--threads", "2", "--metrics"]
+    loam = ["--embedding", "--pooling", "mean", "--context-shift", "--truncate-prompts"]  # as loam serve starts it
+    with RunnerProcess(model, *flags, *loam) as runner:
         yield runner
 
 
@@ -94,7 +96,7 @@ def test_a_second_turn_evaluates_only_its_new_tokens(smollm2: Path) -> None:
 
 def test_four_conversations_on_two_slots_keep_their_state(smollm2: Path) -> None:
     topics = ["cats", "the sea", "bread", "mountains"]
-    with RunnerProcess(smollm2, "--ctx-size", "4096", "--parallel", "2", "--threads", "2") as runner:
+    with RunnerProcess(smollm2, "--ctx-size", "4096", "--parallel", "2", "--threads", "2", "--metrics") as runner:
         history = {t: "" for t in topics}
         seen = {t: 0 for t in topics}  # tokens the runner has seen of each conversation: prompt + generated
         for turn in range(3):
@@ -143,14 +145,16 @@ def test_tokenize_detokenize_and_token_prompts(tiny_runner: RunnerProcess) -> No
     assert tokens and httpx.post(url + "/detokenize", json={"tokens": tokens}).json()["content"].strip() == "the cat"
     pieces = httpx.post(url + "/tokenize", json={"content": "the", "with_pieces": True}).json()["tokens"]
     assert "".join(p["piece"] for p in pieces).strip() == "the"
-    by_text = tiny_runner.complete(prompt="the cat", n_predict=4, temperature=0)
-    by_tokens = tiny_runner.complete(prompt=[1, *tokens], n_predict=4, temperature=0)
-    assert by_text["tokens"] == by_tokens["tokens"]
+    by_text = tiny_runner.complete(prompt="the cat", n_predict=4, temperature=0, return_tokens=True)
+    by_tokens = tiny_runner.complete(prompt=[1, *tokens], n_predict=4, temperature=0, return_tokens=True)
+    assert len(by_text["tokens"]) == 4 and by_text["tokens"] == by_tokens["tokens"]
+    plain = httpx.post(url + "/completion", json={"prompt": "the cat", "n_predict": 4}).json()
+    assert plain["tokens"] == []  # ids only when asked, as llama-server
 
 
-def test_sse_when_asked(tiny_runner: RunnerProcess) -> None:
+def test_streams_are_server_sent_events(tiny_runner: RunnerProcess) -> None:
     body = {"prompt": "the", "n_predict": 3, "stream": True}
-    with httpx.stream("POST", tiny_runner.url + "/completion", json=body, headers={"Accept": "text/event-stream"}) as r:
+    with httpx.stream("POST", tiny_runner.url + "/completion", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert len(events) == 4 and events[-1]["stop"] is True
@@ -159,9 +163,10 @@ def test_sse_when_asked(tiny_runner: RunnerProcess) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": ""}, "the prompt is empty"),
+        ({"prompt": []}, "must not be empty"),
+        ({"prompt": [[]]}, "the prompt is empty"),
         ({"prompt": [10**9]}, "out of range"),
-        ({"prompt": {"a": 1}}, "prompt must be"),
+        ({"prompt": {"a": 1}}, "elements must be a string"),
         ({"prompt": "x", "temperature": "hot"}, "temperature must be a number"),
     ],
 )
@@ -177,8 +182,13 @@ def test_slots_metrics_and_embedding(tiny_runner: RunnerProcess) -> None:
     assert metric(tiny_runner, "llamacpp:tokens_predicted_total") >= before + 4
     slots = httpx.get(tiny_runner.url + "/slots").json()
     assert len(slots) == 1 and slots[0]["is_processing"] is False
-    vector = httpx.post(tiny_runner.url + "/embedding", json={"content": "the cat"}).json()["embedding"]
+    [answer] = httpx.post(tiny_runner.url + "/embedding", json={"content": "the cat"}).json()
+    [vector] = answer["embedding"]  # pooled: one vector for the whole input
     assert len(vector) == 64 and abs(sum(x * x for x in vector) - 1.0) < 1e-3
+    oai = httpx.post(tiny_runner.url + "/v1/embeddings", json={"input": ["the cat", "a dog"]}).json()
+    assert [d["index"] for d in oai["data"]] == [0, 1] and oai["data"][0]["embedding"] == vector
+    n_tokens = len(tokens_of(tiny_runner, "the cat")) + len(tokens_of(tiny_runner, "a dog"))
+    assert oai["usage"]["prompt_tokens"] == n_tokens
     memory = httpx.get(tiny_runner.url + "/props").json()["memory"]
     assert memory["model"] > 0 and memory["compute"] > 0 and memory["kv_cache"] > 0
 
@@ -192,6 +202,21 @@ def test_context_overflow_truncates_and_shifts(tiny_runner: RunnerProcess) -> No
     shifted = tiny_runner.complete(prompt="the", n_predict=3 * n_ctx, ignore_eos=True)
     assert shifted["tokens_predicted"] == 3 * n_ctx and shifted["truncated"] is True
     assert shifted["tokens_cached"] <= n_ctx
+
+
+def test_llama_server_context_rules_without_loam_flags(tmp_path: Path) -> None:
+    """Started as llama-server would be: a prompt that does not fit is refused, an answer ends at the context's end."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=256)
+    with RunnerProcess(model, "--ctx-size", "256", "--threads", "1") as runner:
+        refused = httpx.post(runner.url + "/completion", json={"prompt": "the cat " * 256, "n_predict": 4})
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["type"] == "exceed_context_size_error"
+        assert "exceeds the available context size (256 tokens)" in error["message"] and error["n_ctx"] == 256
+        prompt = tokens_of(runner, "the cat")
+        result = runner.complete(prompt="the cat", ignore_eos=True)  # no n_predict: up to the context's end
+        assert result["truncated"] is True and result["stop_type"] == "limit"
+        assert result["tokens_predicted"] == 256 - len(prompt)
+        assert httpx.get(runner.url + "/metrics").status_code == 501  # --metrics not given
 
 
 def test_a_client_that_disconnects_frees_its_slot(tiny_runner: RunnerProcess) -> None:
@@ -295,7 +320,7 @@ def test_a_reply_cut_mid_character_drops_the_unfinished_bytes(tiny_runner: Runne
     assert whole["content"] == "한국"
 
 
-def test_a_queued_stream_gets_blank_lines_while_the_decode_loop_moves(tiny_runner: RunnerProcess) -> None:
+def test_a_queued_stream_hears_progress_comments_while_the_decode_loop_moves(tiny_runner: RunnerProcess) -> None:
     """One slot, busy with a long reply: the waiting request hears that the runner is alive, not wedged."""
     first_started, done = threading.Event(), threading.Event()
 
@@ -316,15 +341,16 @@ def test_a_queued_stream_gets_blank_lines_while_the_decode_loop_moves(tiny_runne
         with httpx.stream("POST", tiny_runner.url + "/completion", json=body, timeout=None) as r:
             for line in r.iter_lines():
                 lines.append(line)
-                if line == "":
+                if line == ": progress":
                     done.set()  # heard the heartbeat: let the long reply go
         worker.join(60)
     finally:
         done.set()
         worker.join(60)
-    first = next(i for i, line in enumerate(lines) if line)
-    assert first > 0 and all(line == "" for line in lines[:first])  # blank lines came before any chunk
-    chunks = [json.loads(line) for line in lines if line]
+    first = next(i for i, line in enumerate(lines) if line.startswith("data: "))
+    assert ": progress" in lines[:first]  # a comment came before any chunk (SSE clients skip it)
+    assert all(line in ("", ": progress") for line in lines[:first])
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     assert chunks[-1]["stop"] and chunks[-1]["tokens_predicted"] == 3
 
 

@@ -39,7 +39,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def packed(tiny_model: Path) -> Iterator[RunnerProcess]:
     """Four slots of 128 tokens: up to four windows per decode."""
-    with RunnerProcess(tiny_model, "--ctx-size", "512", "--parallel", "4", "--threads", "2") as runner:
+    with RunnerProcess(tiny_model, "--ctx-size", "512", "--parallel", "4", "--threads", "2", "--metrics") as runner:
         yield runner
 
 

@@ -74,7 +74,7 @@ def test_no_draft_when_drafting_is_off_or_too_short() -> None:
 def runners(smollm2_store: Path) -> Iterator[tuple[RunnerProcess, RunnerProcess]]:
     """Two runners of SmolLM2, with prompt-lookup drafting (the default) and without; two slots each."""
     model = smollm2_store / "blobs" / f"sha256-{SMOLLM2_SHA256}"
-    flags = ("--ctx-size", "4096", "--parallel", "2", "--threads", "2")
+    flags = ("--ctx-size", "4096", "--parallel", "2", "--threads", "2", "--metrics")
     with RunnerProcess(model, *flags, "--draft-max", "0") as plain, RunnerProcess(model, *flags) as drafted:
         yield plain, drafted
 
@@ -91,7 +91,7 @@ def test_greedy_text_is_identical_and_drafts_are_counted(runners: tuple[RunnerPr
     assert "medieval Europe, guilds" in b["content"]  # it copies its prompt
     t = b["timings"]
     assert t["draft_n"] > 50 and t["draft_n_accepted"] > t["draft_n"] * 0.7  # the reply copies its prompt
-    assert a["timings"]["draft_n"] == 0
+    assert a["timings"].get("draft_n", 0) == 0  # reported only when there were drafts, as llama-server
     metrics = httpx.get(drafted.url + "/metrics").text
     assert "loam:draft_tokens_total" in metrics and "loam:draft_accepted_total" in metrics
 
@@ -117,7 +117,7 @@ def test_a_streamed_reply_with_drafts_sends_every_token_once(runners: tuple[Runn
     chunks = []
     body = {"prompt": REWRITE, "n_predict": 120, "temperature": 0, "stream": True, "cache_prompt": False}
     with httpx.stream("POST", drafted.url + "/completion", json=body, timeout=None) as r:
-        chunks = [json.loads(line) for line in r.iter_lines() if line.strip()]
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     streamed = [c for c in chunks if not c["stop"]]
     assert "".join(c["content"] for c in streamed) + chunks[-1]["content"] == whole["content"]
     assert [t for c in streamed for t in c["tokens"]] == whole["tokens"][: len(streamed)]
@@ -160,7 +160,7 @@ def test_sampling_through_drafts_uses_the_whole_sampler_chain(runners: tuple[Run
 def test_a_request_can_turn_drafting_off(runners: tuple[RunnerProcess, RunnerProcess]) -> None:
     _, drafted = runners
     answer = complete(drafted, prompt=REWRITE, n_predict=60, temperature=0, **{"speculative.n_max": 0})
-    assert answer["timings"]["draft_n"] == 0
+    assert answer["timings"].get("draft_n", 0) == 0
     refused = httpx.post(drafted.url + "/completion", json={"prompt": "x", "speculative.n_max": 1000})
     assert refused.status_code == 400 and "speculative.n_max" in refused.json()["error"]["message"]
 

@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,10 +31,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash inside llama.cpp leaves no core file behind
     options = parse_args(argv)
     state = RunnerState(options)
+    hosts = [h.strip() for h in options.host.split(",") if h.strip()] or ["127.0.0.1"]
     config = uvicorn.Config(
-        build_app(state), host=options.host, port=options.port, log_level="warning", access_log=False, lifespan="off"
+        build_app(state),
+        host=hosts[0],
+        port=options.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=3,  # an abandoned stream must not hold the exit past a stop's grace
     )
     server = uvicorn.Server(config)
+    try:
+        sockets = _listen(hosts, options.port) if len(hosts) > 1 else None
+    except OSError as e:
+        print(
+            json.dumps({"error": f"cannot listen on {options.host}:{options.port}: {e}", "kind": "port"}),
+            file=sys.stderr,
+        )
+        return 1
     failure: list[LoadError] = []
 
     def load() -> None:
@@ -56,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda signum, frame: None)
     if parent := os.environ.get("LOAM_RUNNER_PARENT"):
         threading.Thread(target=_exit_with_parent, args=(int(parent),), name="parent", daemon=True).start()
-    server.run()
+    server.run(sockets=sockets)
     if failure:
         print(json.dumps({"error": str(failure[0]), "kind": failure[0].kind}), file=sys.stderr, flush=True)
         return 1
@@ -66,6 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state.engine:
         state.engine.stop()
     return 0
+
+
+def _listen(hosts: list[str], port: int) -> list[socket.socket]:
+    """One listening socket per address of llama-server's comma-separated --host (IPv6 ones v6-only)."""
+    sockets = []
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+        sockets.append(sock)
+    return sockets
 
 
 def drafter(options: RunnerOptions, model: Model) -> Drafter | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import math
 import threading
 import time
 import traceback
@@ -25,11 +24,15 @@ from collections import deque
 import llama_cpp as llama
 
 from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.context import fit_prompt, shift_span
 from app.runner.draft import Drafter
+from app.runner.embedding import embed
 from app.runner.lookup import PromptLookup
+from app.runner.metrics import Metrics
 from app.runner.model import Model
+from app.runner.prompts import exceeds_context
 from app.runner.sampling import Sampler
-from app.runner.scoring import ScoreJob, token_probs
+from app.runner.scoring import ScoreJob, post_sampling_entry, token_probs
 from app.runner.slot import Chunk, Request, Slot
 
 #: llama.cpp pads the KV length a batch attends over to a multiple of this (llama_kv_cache::get_n_kv).
@@ -76,10 +79,7 @@ class Engine:
         self.failure = ""  # set when the decode loop died; every request then gets this error
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
         self._scoring: list[tuple[Request, ScoreJob, list[Slot]]] = []  # jobs in progress, their slots
-        self.metrics = {"prompt_tokens_total": 0, "tokens_predicted_total": 0, "n_decode_total": 0}
-        self.metrics["scored_tokens_total"] = 0
-        self.metrics["draft_tokens_total"] = self.metrics["draft_accepted_total"] = 0
-        self.metrics_seconds = {"prompt_seconds_total": 0.0, "tokens_predicted_seconds_total": 0.0}
+        self.metrics = Metrics()
 
     # -- called from any thread ---------------------------------------
 
@@ -113,7 +113,7 @@ class Engine:
     @property
     def progress(self) -> int:
         """A count that grows with every decode: unchanged over time means the loop is stuck or idle."""
-        return self.metrics["n_decode_total"]
+        return self.metrics.n_decode
 
     # -- the decode thread --------------------------------------------
 
@@ -203,7 +203,7 @@ class Engine:
                 if not self._queue or not free:
                     return
                 request = self._queue.popleft()
-            if request.embedding:
+            if request.embedding is not None:
                 self._embed(request, free)
             elif request.score is not None:
                 self._start_scoring(request, request.score, free)
@@ -212,11 +212,17 @@ class Engine:
 
     def _assign(self, request: Request, free: list[Slot]) -> None:
         params = request.params
-        prompt, truncated = self._fit_prompt(request.prompt, params.n_keep)
+        prompt, truncated = request.prompt, False
+        if self.model.options.truncate_prompts:
+            prompt, truncated = fit_prompt(prompt, params.n_keep, self.model.n_ctx_slot, self.model.add_bos)
+        elif len(prompt) >= self.model.n_ctx_slot:  # the HTTP side refuses these; a guard for other callers
+            self._emit(request, {"error": exceeds_context(len(prompt), self.model.n_ctx_slot), "stop": True})
+            return
         request.prompt = prompt
         slot, n_cached = self._pick_slot(prompt, free, params.cache_prompt)
         n_cached = min(n_cached, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self._trim(slot, n_cached)
+        self.metrics.prompt_tokens_cached += n_cached
         sampler = Sampler(
             params, self.model.vocab, self.model.n_vocab, self.model.eog_tokens if params.ignore_eos else None
         )
@@ -227,6 +233,20 @@ class Engine:
         n_min = options.draft_min if params.draft_min < 0 else max(params.draft_min, 1)
         lookup = PromptLookup(n_max, n_min, prompt if n_max > 0 else [])
         slot.start(request, sampler, n_cached, truncated, lookup)
+        self._progress(slot)
+
+    def _progress(self, slot: Slot) -> None:
+        """A streamed request that asked for it hears how far its prompt has been read."""
+        request = slot.request
+        assert request is not None
+        if request.stream and request.params.return_progress:
+            total, cached = slot.n_prompt, slot.n_cached
+            ms = (time.perf_counter() - slot.started) * 1000
+            progress = {"total": total, "cache": cached, "processed": cached + slot.n_read, "time_ms": ms}
+            chunk: Chunk = {"content": "", "tokens": [], "stop": False, "id_slot": slot.id, "prompt_progress": progress}
+            if request.params.timings_per_token:
+                chunk["timings"] = slot.timings()
+            self._emit(request, chunk)
 
     def _pick_slot(self, prompt: list[int], free: list[Slot], use_cache: bool) -> tuple[Slot, int]:
         """The free slot to use and how many prompt tokens it already holds.
@@ -246,16 +266,6 @@ class Engine:
         if n < len(slot.tokens) // 2:
             self._save(slot)  # another conversation takes this slot; keep this one's history
         return slot, n
-
-    def _fit_prompt(self, prompt: list[int], n_keep: int) -> tuple[list[int], bool]:
-        """Cut a prompt too long for a slot from the front, keeping its first n_keep tokens."""
-        n_ctx = self.model.n_ctx_slot
-        if len(prompt) < n_ctx:
-            return prompt, False
-        keep = min(max(n_keep, 0) + int(self.model.add_bos), n_ctx // 2)
-        block = (n_ctx - keep) // 2
-        erased = (len(prompt) - keep - block) // block
-        return prompt[:keep] + prompt[keep + erased * block :], True
 
     def _save(self, slot: Slot) -> None:
         if not slot.tokens or not self.cache.enabled:
@@ -291,14 +301,22 @@ class Engine:
             return
         started = time.perf_counter()
         rc = llama.llama_decode(self.model.ctx, batch)
-        self.metrics["n_decode_total"] += 1
-        if rc != 0:
-            for slot, _ in outputs:
-                self._fail(slot, f"llama_decode failed ({rc})")
+        m = self.metrics
+        m.n_decode += 1
+        m.n_busy_slots += sum(s.busy for s in self.slots)
+        m.n_tokens_max = max(m.n_tokens_max, max(s.n_past for s in self.slots))
+        if rc != 0:  # 1: no room left in the KV cache (a unified one, shared by all slots)
+            message = {1: "Context size has been exceeded.", -1: "Invalid input batch."}.get(rc, "Compute error.")
+            for slot in {s.id: s for s in [*(s for s, _ in outputs), *self._reading]}.values():
+                self._fail(slot, message)
             return
-        elapsed = time.perf_counter() - started
+        now = time.perf_counter()
+        for slot in self._reading:
+            if not slot.pending:
+                slot.prompt_done = now
+            self._progress(slot)
         predicted = sum(self._sample(slot, index) for slot, index in outputs)
-        self._account(predicted, n_gen, batch.n_tokens - n_gen, elapsed)
+        self._account(predicted, n_gen, batch.n_tokens - n_gen, now - started)
 
     def _build_batch(self) -> tuple[llama.llama_batch, list[tuple[Slot, int]], int]:
         """The batch, the (slot, batch index) pairs to sample, and how many tokens are generated ones (drafts too)."""
@@ -318,10 +336,12 @@ class Engine:
         # The rest of the batch goes to prompts, shortest remainder first: finishing one prompt before
         # the next gives the lowest mean time to first token, and generating slots went in above.
         reading = sorted((s for s in self.slots if s.busy and s.pending), key=lambda s: (len(s.pending), s.started))
+        self._reading = []
         for slot in reading:
             take = slot.pending[: self.batch_size - batch.n_tokens]
             if not take:
                 break
+            self._reading.append(slot)
             del slot.pending[: len(take)]
             for j, token in enumerate(take):
                 index = self._add(slot, token, not slot.pending and j == len(take) - 1)
@@ -375,15 +395,19 @@ class Engine:
         return i
 
     def _make_room(self, slot: Slot) -> bool:
-        """Shift the context when it is full: keep n_keep tokens, drop half of the rest."""
-        if slot.n_past < self.model.n_ctx_slot:
+        """With --context-shift, shift a full context as llama-server does: keep n_keep tokens
+        (-1: the whole prompt), drop n_discard of the rest (0: half); without it, the answer ends there."""
+        if slot.n_past + 1 < self.model.n_ctx_slot:
             return True
-        if not self.model.can_shift:
+        if not (self.model.options.ctx_shift and self.model.can_shift):
+            slot.truncated = True
             self._finish(slot, "limit")
             return False
         assert slot.request is not None
-        n_keep = min(max(slot.request.params.n_keep, 0) + int(self.model.add_bos), slot.n_past // 2)
-        n_discard = (slot.n_past - n_keep) // 2
+        params = slot.request.params
+        n_keep, n_discard = shift_span(
+            slot.n_past, slot.n_prompt, params.n_keep, params.n_discard, self.model.n_ctx_slot, self.model.add_bos
+        )
         mem = self.model.memory
         llama.llama_memory_seq_rm(mem, slot.id, n_keep, n_keep + n_discard)
         llama.llama_memory_seq_add(mem, slot.id, n_keep + n_discard, slot.n_past, -n_discard)
@@ -395,54 +419,73 @@ class Engine:
         """Sample the slot's token at batch `index`, then along its draft while the draft agrees; how many came."""
         drafts, lookup = slot.drafts, slot.lookup
         slot.drafts = []
-        token, n = self._take(slot, index), 1
+        n_kv = slot.n_past - len(drafts)  # tokens the KV cache holds for sure, before the draft is checked
+        token, n = self._take(slot, index, n_kv), 1
         accepted = 0
         while token is not None and accepted < len(drafts) and token == drafts[accepted]:
             accepted += 1
-            token, n = self._take(slot, index + accepted), n + 1
+            token, n = self._take(slot, index + accepted, n_kv + accepted), n + 1
         if drafts:
             self._trim(slot, slot.n_past - len(drafts) + accepted)  # the refused guesses leave the KV cache
             assert lookup is not None
             lookup.verified(len(drafts), accepted)
             lookup.extend(drafts[:accepted])
-            self.metrics["draft_tokens_total"] += len(drafts)
-            self.metrics["draft_accepted_total"] += accepted
+            self.metrics.draft_tokens += len(drafts)
+            self.metrics.draft_accepted += accepted
+            self.metrics.draft_steps += 1
         slot.next_token = token
         return n
 
-    def _take(self, slot: Slot, index: int) -> int | None:
-        """Sample at batch `index` and hand the text on; the token, or None when the reply ended there."""
+    def _take(self, slot: Slot, index: int, n_kv: int) -> int | None:
+        """Sample at batch `index` (the KV cache then holding `n_kv` tokens) and hand the text on;
+        the token, or None when the reply ended there."""
         request, sampler, text = slot.request, slot.sampler, slot.text
         assert request is not None and sampler is not None and text is not None
-        if not slot.prompt_done:
-            slot.prompt_done = time.perf_counter()
-        token = sampler.sample(self.model.ctx, index)
-        slot.n_decoded += 1
+        params = request.params
+        slot.gen_last = time.perf_counter()
+        slot.prompt_done = slot.prompt_done or slot.gen_last
         probs = None
-        if request.params.n_probs > 0 and not (self.model.is_eog(token) and not request.params.ignore_eos):
-            probs = token_probs(self.model.ctx, index, self.model.n_vocab, token, request.params.n_probs, self._piece)
-        if self.model.is_eog(token) and not request.params.ignore_eos:
+        if params.n_probs > 0 and params.post_sampling_probs:
+            token, p, top = sampler.sample_candidates(self.model.ctx, index, params.n_probs)
+            probs = post_sampling_entry(token, p, top, self._piece)
+        else:
+            token = sampler.sample(self.model.ctx, index)
+        slot.n_decoded += 1
+        if self.model.is_eog(token) and not params.ignore_eos:
             self._finish(slot, "eos")
             return None
+        if params.n_probs > 0 and probs is None:
+            probs = token_probs(self.model.ctx, index, self.model.n_vocab, token, params.n_probs, self._piece)
         content = text.feed(self.model.piece(token))
+        slot.has_new_line = slot.has_new_line or "\n" in content
         if text.stopped_by is not None:
             self._finish(slot, "word", content)
             return None
+        self._hand_on(slot, request, token, content, probs)
+        if not self.model.options.ctx_shift and n_kv + 1 >= self.model.n_ctx_slot:
+            slot.truncated = True  # llama-server's rule: no room for the next token, so the answer ends here
+            self._finish(slot, "limit")
+            return None
+        if 0 <= request.params.n_predict <= slot.n_decoded:
+            self._finish(slot, "limit")
+            return None
+        return token
+
+    def _hand_on(self, slot: Slot, request: Request, token: int, content: str, probs: Chunk | None) -> None:
+        """A streamed token goes out as a chunk at once; a whole answer's is held for the end."""
         if request.stream:
             chunk: Chunk = {"content": content, "tokens": [token], "stop": False, "id_slot": slot.id}
+            chunk["tokens_predicted"], chunk["tokens_evaluated"] = slot.n_decoded, slot.n_prompt
             if probs is not None:
                 chunk["completion_probabilities"] = [probs]
+            if request.params.timings_per_token:
+                chunk["timings"] = slot.timings()
             self._emit(request, chunk)
         else:
             request.held_text.append(content)
             request.held_tokens.append(token)
             if probs is not None:
                 request.held_probs.append(probs)
-        n_predict = request.params.n_predict
-        if 0 <= n_predict <= slot.n_decoded:
-            self._finish(slot, "limit")
-            return None
-        return token
 
     def _finish(self, slot: Slot, stop_type: str, content: str = "") -> None:
         request, text = slot.request, slot.text
@@ -460,7 +503,8 @@ class Engine:
             "tokens_evaluated": slot.n_prompt,
             "tokens_cached": slot.n_past,
             "truncated": slot.truncated,
-            "timings": slot.timings(time.perf_counter()),
+            "has_new_line": slot.has_new_line or "\n" in content,
+            "timings": slot.timings(),
         }
         if request.params.n_probs > 0 and not request.stream:
             final["completion_probabilities"] = request.held_probs
@@ -476,38 +520,37 @@ class Engine:
 
     def _account(self, predicted: int, n_gen: int, n_prompt: int, elapsed: float) -> None:
         """Counters for /metrics; a mixed batch's time counts toward both kinds of work."""
-        self.metrics["tokens_predicted_total"] += predicted
-        self.metrics["prompt_tokens_total"] += n_prompt
+        m = self.metrics
+        m.predicted_tokens += predicted
+        m.prompt_tokens += n_prompt
         if n_gen:
-            self.metrics_seconds["tokens_predicted_seconds_total"] += elapsed
+            m.predicted_seconds += elapsed
+            m.predicted_window.add(predicted, elapsed)
         if n_prompt:
-            self.metrics_seconds["prompt_seconds_total"] += elapsed
+            m.prompt_seconds += elapsed
+            m.prompt_window.add(n_prompt, elapsed)
 
     def _embed(self, request: Request, free: list[Slot]) -> None:
-        """Mean-pooled, L2-normalized embedding of the request's tokens, in a free slot's sequence."""
+        """The request's embedding, read in the least recently used free slot's sequence (saved first)."""
         slot = min(free, key=lambda s: s.last_used)
         self._save(slot)
         self._trim(slot, 0)
-        tokens = request.prompt[
-            : min(self.batch_size, 512, self.model.n_ctx_slot)
-        ]  # one micro-batch: pooling sees every token
-        batch = self._batch
-        batch.n_tokens = 0
-        for token in tokens:
-            self._add(slot, token, True)
-        llama.llama_set_embeddings(self.model.ctx, True)
+        job = request.embedding
+        assert job is not None
+        started = time.perf_counter()
         try:
-            if llama.llama_decode(self.model.ctx, batch) != 0:
-                self._emit(request, {"error": "llama_decode failed", "stop": True})
-                return
-            raw = llama.llama_get_embeddings_seq(self.model.ctx, slot.id)
-            vector = [float(raw[i]) for i in range(self.model.n_embd)]
+            vectors, n_decodes = embed(self.model, self._batch, slot.id, request.prompt, job.normalize)
+        except RuntimeError as e:
+            self._emit(request, {"error": str(e), "stop": True})
+            return
         finally:
-            llama.llama_set_embeddings(self.model.ctx, False)
-            self._trim(slot, 0)
+            llama.llama_memory_seq_rm(self.model.memory, slot.id, -1, -1)
+            slot.tokens = []
             slot.last_used = time.perf_counter()
-        norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-        self._emit(request, {"embedding": [x / norm for x in vector], "tokens_evaluated": len(tokens), "stop": True})
+        self.metrics.n_decode += n_decodes
+        self.metrics.prompt_tokens += len(request.prompt)
+        self.metrics.prompt_seconds += time.perf_counter() - started
+        self._emit(request, {"embedding": vectors, "tokens_evaluated": len(request.prompt), "stop": True})
 
     def _piece(self, token: int) -> bytes:
         return self.model.piece(token, special=True)
@@ -528,8 +571,8 @@ class Engine:
         started = time.perf_counter()
         pieces = job.fill(self._batch, slots, self.batch_size, self.model.memory)
         rc = llama.llama_decode(self.model.ctx, self._batch) if self._batch.n_tokens else 0
-        self.metrics["n_decode_total"] += 1
-        self.metrics["scored_tokens_total"] += self._batch.n_tokens
+        self.metrics.n_decode += 1
+        self.metrics.scored_tokens += self._batch.n_tokens
         if rc == 0:
             job.take(self.model.ctx, pieces)
         job.seconds += time.perf_counter() - started

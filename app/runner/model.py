@@ -19,6 +19,12 @@ import llama_cpp as llama
 
 from app.runner.options import RunnerOptions
 
+_POOLING = {
+    "none": llama.LLAMA_POOLING_TYPE_NONE,
+    "mean": llama.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama.LLAMA_POOLING_TYPE_CLS,
+    "last": llama.LLAMA_POOLING_TYPE_LAST,
+}
 _KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
@@ -73,10 +79,14 @@ class Model:
         self.vocab = llama.llama_model_get_vocab(self.model)
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama.llama_model_n_embd(self.model)
+        self.n_embd_out = llama.llama_model_n_embd_out(self.model)
         self.ctx = _new_context(self.model, options)
         self.n_ctx = llama.llama_n_ctx(self.ctx)
         self.n_batch = llama.llama_n_batch(self.ctx)  # llama.cpp clamps it to the context size
-        self.n_ctx_slot = self.n_ctx // options.parallel
+        self.n_ubatch = llama.llama_n_ubatch(self.ctx)
+        #: Each slot's share of the context: all of it with a unified KV pool, never past what the model was trained on.
+        self.n_ctx_slot = min(llama.llama_n_ctx_seq(self.ctx), llama.llama_model_n_ctx_train(self.model))
+        self.pooling = int(llama.llama_pooling_type(self.ctx))
         self.memory = llama.llama_get_memory(self.ctx)
         self.can_shift = bool(llama.llama_memory_can_shift(self.memory))
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
@@ -198,15 +208,15 @@ def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.ll
     params = llama.llama_context_default_params()
     params.n_ctx = options.ctx_size
     params.n_batch = options.batch_size
-    params.n_ubatch = min(options.batch_size, 512)
+    params.n_ubatch = min(options.ubatch_size, options.batch_size)
     params.n_seq_max = options.parallel
+    params.kv_unified = options.kv_unified
     params.n_threads = params.n_threads_batch = options.threads or max(1, (os.cpu_count() or 2))
     params.flash_attn_type = flash_attn_type(options)
     params.type_k = _KV_TYPES[options.kv_cache_type]
     params.type_v = _KV_TYPES[options.kv_cache_type_v or options.kv_cache_type]
     params.no_perf = False
-    if options.embedding:
-        params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN
+    params.pooling_type = _POOLING.get(options.pooling, llama.LLAMA_POOLING_TYPE_UNSPECIFIED)
     ctx = llama.llama_init_from_model(model, params)
     if not ctx:
         llama.llama_model_free(model)

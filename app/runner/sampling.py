@@ -7,7 +7,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import llama_cpp as llama
@@ -18,7 +18,15 @@ MAX_N_PROBS = 100
 #: Most tokens one speculative draft may propose.
 MAX_DRAFT = 64
 #: llama-server's names for fields that are not Python names.
-_ALIASES = {"speculative.n_max": "draft_max", "speculative.n_min": "draft_min"}
+_ALIASES = {
+    "speculative.n_max": "draft_max",
+    "speculative.n_min": "draft_min",
+    "max_tokens": "n_predict",
+    "max_completion_tokens": "n_predict",
+    "logprobs": "n_probs",
+}
+#: What llama-server reports as the seed of a request that asked for a random one.
+DEFAULT_SEED = 0xFFFFFFFF
 
 
 @dataclass
@@ -47,14 +55,28 @@ class SamplingParams:
     n_probs: int = 0  # > 0: each token's top n raw-logit logprobs (llama-server's completion_probabilities)
     draft_max: int = -1  # llama-server's speculative.n_max: most drafted tokens a step (-1: the runner's --draft-max)
     draft_min: int = -1  # speculative.n_min: no draft shorter than this (-1: the runner's --draft-min)
+    n_discard: int = 0  # tokens a context shift drops (0: half of what is not kept)
+    min_keep: int = 0
+    logit_bias: list[tuple[int, float]] = field(default_factory=list)  # (token, bias); -inf bans the token
+    post_sampling_probs: bool = False  # n_probs as probabilities after the sampler chain, not raw logprobs
+    return_tokens: bool = False  # the answer lists the generated token ids
+    return_progress: bool = False  # a streamed answer reports prompt progress
+    timings_per_token: bool = False  # every streamed chunk carries timings
+    response_fields: list[str] = field(default_factory=list)  # only these (slash-separated) paths are answered
+    stream: bool = False
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> SamplingParams:
-        """Known fields taken from a request body and checked; ValueError names a bad one."""
-        params = cls()
-        body = {_ALIASES.get(k, k): v for k, v in body.items()}
+    def from_json(cls, body: dict[str, Any], defaults: SamplingParams | None = None) -> SamplingParams:
+        """Known fields taken from a request body and checked; ValueError names a bad one.
+
+        `defaults` holds the server's defaults (llama-server's --temp, --seed, --n-predict).
+        """
+        params = replace(defaults) if defaults is not None else cls()
+        body = {_ALIASES.get(k, k): v for k, v in body.items() if k not in _ALIASES or _ALIASES[k] not in body}
+        if isinstance(body.get("n_probs"), bool):  # OpenAI's `logprobs: true`
+            body["n_probs"] = 1 if body["n_probs"] else 0
         for f in fields(cls):
-            if f.name not in body or body[f.name] is None:
+            if f.name not in body or body[f.name] is None or f.name == "logit_bias":
                 continue
             value = body[f.name]
             if f.name == "stop":
@@ -69,12 +91,13 @@ class SamplingParams:
                 value = bool(value)
             elif f.type == "str" and not isinstance(value, str):
                 raise ValueError(f"{f.name} must be a string")
+            elif f.name == "response_fields":
+                if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+                    raise ValueError("response_fields must be a list of strings")
             setattr(params, f.name, value)
         if params.draft_max > MAX_DRAFT or params.draft_min > MAX_DRAFT:
             raise ValueError(f"speculative.n_max and n_min are at most {MAX_DRAFT}")
-        if "max_tokens" in body and "n_predict" not in body:
-            params.n_predict = int(body["max_tokens"])
-        if not 0 <= params.n_probs <= MAX_N_PROBS or params.n_probs != body.get("n_probs", 0):
+        if not 0 <= params.n_probs <= MAX_N_PROBS or params.n_probs != body.get("n_probs", params.n_probs):
             raise ValueError(f"n_probs must be a whole number from 0 to {MAX_N_PROBS}")
         if params.json_schema is not None and not params.grammar:
             params.grammar = schema_grammar(params.json_schema)
@@ -167,6 +190,9 @@ def check_grammar(vocab: llama.llama_vocab_p, grammar: str, lazy: list[str] | No
     llama.llama_sampler_free(grammar_sampler(vocab, grammar, lazy))
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
 class Sampler:
     """A llama.cpp sampler chain for one request; freed with `close`."""
 
@@ -178,9 +204,11 @@ class Sampler:
         self.banned = sorted(set(banned or ()))
         self.chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = lambda s: llama.llama_sampler_chain_add(self.chain, s)  # noqa: E731
-        if banned:  # ignore_eos: end-of-generation tokens can never be picked, as in llama-server
-            biases = (llama.llama_logit_bias * len(banned))(*[llama.llama_logit_bias(t, -math.inf) for t in banned])
-            add(llama.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
+        # ignore_eos: end-of-generation tokens can never be picked, as in llama-server
+        bias = [*params.logit_bias, *[(t, -math.inf) for t in self.banned]]
+        if bias:
+            biases = (llama.llama_logit_bias * len(bias))(*[llama.llama_logit_bias(t, b) for t, b in bias])
+            add(llama.llama_sampler_init_logit_bias(n_vocab, len(bias), biases))
         penalized = params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
         if penalized and params.repeat_last_n != 0:
             self.penalties = llama.llama_sampler_init_penalties(
@@ -197,7 +225,7 @@ class Sampler:
                 raise
         #: Greedy with nothing to reshape the logits but banned tokens: an argmax over llama.cpp's logits
         #: in place, where the chain would first copy all n_vocab candidates (0.16 ms a token for SmolLM2).
-        self.argmax = params.temperature <= 0 and not self.penalized and not params.grammar
+        self.argmax = params.temperature <= 0 and not self.penalized and not params.grammar and not params.logit_bias
         if params.temperature <= 0:
             add(llama.llama_sampler_init_greedy())
             return
@@ -230,6 +258,26 @@ class Sampler:
                 token = int(allowed.argmax())
             return token
         return int(llama.llama_sampler_sample(self.chain, ctx, index))
+
+    def sample_candidates(
+        self, ctx: llama.llama_context_p, index: int, n: int
+    ) -> tuple[int, float, list[tuple[int, float]]]:
+        """Sample as `sample` does, and also return the chosen token's probability after the chain
+        and the n most probable candidates left by it (llama-server's post_sampling_probs)."""
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, index), shape=(self._row._length_,))
+        data = np.zeros(len(logits), dtype=_TOKEN_DATA)
+        data["id"] = np.arange(len(logits), dtype=np.int32)
+        data["logit"] = logits
+        array = llama.llama_token_data_array(
+            data.ctypes.data_as(ctypes.POINTER(llama.llama_token_data)), len(data), -1, False
+        )
+        llama.llama_sampler_apply(self.chain, ctypes.byref(array))
+        kept = data[: array.size]
+        token = int(kept["id"][array.selected])
+        llama.llama_sampler_accept(self.chain, token)
+        order = np.argsort(-kept["p"], kind="stable")[:n]
+        top = [(int(kept["id"][i]), float(kept["p"][i])) for i in order if kept["p"][i] > 0]
+        return token, float(kept["p"][array.selected]), top
 
     def close(self) -> None:
         if self.chain:

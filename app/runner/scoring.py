@@ -247,3 +247,13 @@ def token_probs(ctx: llama.llama_context_p, index: int, n_vocab: int, token: int
 
     top = [entry(int(t), float(v)) for t, v in zip(ids[0], values[0], strict=True)]
     return {**entry(token, float(row[0, token])), "top_logprobs": top}
+
+
+def post_sampling_entry(token: int, prob: float, top: list[tuple[int, float]], piece: Any) -> dict[str, Any]:
+    """llama-server's completion_probabilities entry with post_sampling_probs: probabilities after the chain."""
+
+    def entry(t: int, p: float) -> dict[str, Any]:
+        data: bytes = piece(t)
+        return {"id": t, "token": data.decode("utf-8", "replace"), "bytes": list(data), "prob": p}
+
+    return {**entry(token, prob), "top_probs": [entry(t, p) for t, p in top]}

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from app.runner.lookup import PromptLookup
 from app.runner.sampling import Sampler, SamplingParams
+from app.runner.settings import timings
 from app.runner.text import TextStream
 
 if TYPE_CHECKING:
+    from app.runner.embedding import EmbedJob
     from app.runner.scoring import ScoreJob
 
 Chunk = dict[str, Any]
@@ -39,7 +41,7 @@ class Request:
     params: SamplingParams
     emit: Callable[[Chunk], None]
     loop: asyncio.AbstractEventLoop | None = None
-    embedding: bool = False
+    embedding: EmbedJob | None = None  # an embeddings request: read the prompt, return vectors
     score: ScoreJob | None = None  # a /score request: windows to evaluate, not a prompt to continue
     stream: bool = True  # False: one chunk at the end, so the HTTP side is not woken per token
     held_text: list[str] = field(default_factory=list)
@@ -69,8 +71,10 @@ class Slot:
     n_cached: int = 0
     n_decoded: int = 0
     truncated: bool = False
+    has_new_line: bool = False  # some text sent so far held a newline
     started: float = 0.0
-    prompt_done: float = 0.0
+    prompt_done: float = 0.0  # when the prompt's last batch was decoded (0: still reading it)
+    gen_last: float = 0.0  # when the last token was sampled
 
     @property
     def n_past(self) -> int:
@@ -89,8 +93,9 @@ class Slot:
         self.next_token = None
         self.n_prompt, self.n_cached, self.n_decoded = len(request.prompt), n_cached, 0
         self.truncated = truncated
+        self.has_new_line = False
         self.started = time.perf_counter()
-        self.prompt_done = 0.0
+        self.prompt_done = self.gen_last = 0.0
 
     def release(self) -> None:
         if self.sampler:
@@ -99,34 +104,44 @@ class Slot:
         self.drafts, self.lookup = [], None
         self.last_used = time.perf_counter()
 
-    def timings(self, now: float) -> dict[str, float | int]:
-        """llama-server's timings object for this request so far."""
-        prompt_ms = ((self.prompt_done or now) - self.started) * 1000
-        predicted_ms = (now - self.prompt_done) * 1000 if self.prompt_done else 0.0
-        prompt_n = self.n_prompt - self.n_cached
+    @property
+    def n_read(self) -> int:
+        """Prompt tokens evaluated so far (not counting those the cache held)."""
+        return self.n_prompt - self.n_cached - len(self.pending)
+
+    def timings(self) -> dict[str, float | int]:
+        """llama-server's timings object for this request so far, plus the wait for a free slot."""
+        prompt_ms = (self.prompt_done - self.started) * 1000 if self.prompt_done else 0.0
+        predicted_ms = max(1e-3, (self.gen_last - self.prompt_done) * 1000) if self.gen_last else 0.0
+        drafted, accepted = (self.lookup.drafted, self.lookup.accepted) if self.lookup else (0, 0)
         queued = self.request.queued_at if self.request else self.started
         return {
             "queue_ms": max(0.0, (self.started - queued) * 1000),  # waiting for a free slot, before prompt_ms
-            "cache_n": self.n_cached,
-            "prompt_n": prompt_n,
-            "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
-            "prompt_per_second": prompt_n / prompt_ms * 1000 if prompt_ms > 0 else 0.0,
-            "predicted_n": self.n_decoded,
-            "predicted_ms": predicted_ms,
-            "predicted_per_token_ms": predicted_ms / self.n_decoded if self.n_decoded else 0.0,
-            "predicted_per_second": self.n_decoded / predicted_ms * 1000 if predicted_ms > 0 else 0.0,
-            "draft_n": self.lookup.drafted if self.lookup else 0,
-            "draft_n_accepted": self.lookup.accepted if self.lookup else 0,
+            **timings(self.n_cached, self.n_read, prompt_ms, self.n_decoded, predicted_ms, drafted, accepted),
         }
 
-    def describe(self) -> dict[str, Any]:
-        """The /slots view of this slot."""
-        return {
+    def describe(self, n_ctx: int) -> dict[str, Any]:
+        """The /slots view of this slot: llama-server's keys, and what it is doing."""
+        view: dict[str, Any] = {
             "id": self.id,
+            "n_ctx": n_ctx,
+            "speculative": self.lookup is not None and self.lookup.n_max > 0,
             "is_processing": self.busy,
             "n_past": self.n_past,
-            "id_task": self.request.id if self.request else -1,
-            "n_prompt_pending": len(self.pending),
-            "n_decoded": self.n_decoded if self.busy else 0,
         }
+        if self.request is not None:
+            view.update(
+                id_task=self.request.id,
+                n_prompt_tokens=self.n_prompt,
+                n_prompt_tokens_processed=self.n_read,
+                n_prompt_pending=len(self.pending),
+                next_token=[
+                    {
+                        "has_next_token": True,
+                        "has_new_line": self.has_new_line,
+                        "n_remain": -1,
+                        "n_decoded": self.n_decoded,
+                    }
+                ],  # fmt: skip
+            )
+        return view

@@ -226,13 +226,15 @@ class Runner:
         return {"distribution": values.reshape(rows, vocab), "n_vocab": vocab, "rows": rows}
 
     async def embedding(self, text: str) -> dict[str, Any]:
+        """`{"embedding": vector, "tokens_evaluated": n}` of `text`, by the OpenAI-style route both runners have."""
         # No watchdog: an embedding may wait silently behind long generations in the runner's queue.
-        return await self._post("/embedding", {"content": text}, timeout=httpx.Timeout(None, connect=10.0))
+        answer = await self._post("/v1/embeddings", {"input": text}, timeout=httpx.Timeout(None, connect=10.0))
+        return {"embedding": answer["data"][0]["embedding"], "tokens_evaluated": answer["usage"]["prompt_tokens"]}
 
     async def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream /completion chunks; RunnerError if the runner dies or answers with an error."""
         try:
-            # return_progress: llama-server sends prompt progress chunks; loam's runner sends blank lines.
+            # return_progress: both send prompt progress chunks; loam's runner also a comment while it waits.
             async with self.client.stream(
                 "POST", "/completion", json={**body, "stream": True, "return_progress": True}
             ) as r:
@@ -240,9 +242,9 @@ class Runner:
                     await r.aread()
                     raise RunnerError(_error_text(r), "request")
                 async for line in r.aiter_lines():
-                    if not line:
-                        continue
-                    chunk = json.loads(line)
+                    if not line.startswith("data: "):
+                        continue  # the blank line ending an event, or a ": progress" comment
+                    chunk = json.loads(line[6:])
                     if "error" in chunk:
                         raise RunnerError(_error_text(chunk), "request")
                     if "prompt_progress" in chunk and not chunk.get("stop") and not chunk.get("content"):

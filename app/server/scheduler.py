@@ -296,8 +296,10 @@ class Scheduler:
             args += ["--lora", str(adapter)]
         if req.draft is not None:  # llama-server takes the same two flags
             args += ["--model-draft", str(req.draft), "--draft-max", str(opts.draft_num_predict)]
+        args.append("--context-shift")  # a long answer drops old tokens and goes on, as Ollama's does
         if command.llama_server is None:
-            args.append("--embedding")  # loam's runner serves completions and embeddings from one context
+            # loam's runner serves completions and embeddings from one context, and cuts a prompt too long for it
+            args += ["--embedding", "--pooling", "mean", "--truncate-prompts"]
             if self.settings.state_dir is not None and self.settings.state_dir_bytes >> 20 > 0:
                 args += ["--cache-disk", str(self.settings.state_dir), "--cache-key", req.model.name]  # sha256-...
                 args += ["--cache-disk-size", str(self.settings.state_dir_bytes >> 20)]
