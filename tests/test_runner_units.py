@@ -162,3 +162,42 @@ def test_the_warm_up_decode_leaves_nothing_behind(tiny_gguf, monkeypatch: pytest
         assert llama.llama_memory_seq_pos_max(model.memory, 0) == -1
     finally:
         model.close()
+
+
+def test_llama_server_command_lines_parse_as_llama_server_reads_them() -> None:
+    opts = parse_args(
+        ["--model", "m.gguf", "--temp", "0.8", "--seed", "42", "--no-slots", "--alias", "b,a", "--n-predict", "64",
+         "--no-jinja", "--offline", "--backend_sampling", "--ubatch_size", "128", "--kv-unified", "--metrics",
+         "--api-key", "k1,k2", "--host", "127.0.0.1,::1", "--tags", "chat"]
+    )  # fmt: skip
+    assert (opts.temperature, opts.seed, opts.n_predict, opts.ubatch_size) == (0.8, 42, 64, 128)
+    assert not opts.slots and opts.metrics and opts.kv_unified and not opts.ctx_shift
+    assert opts.aliases == ["b", "a"] and opts.model_name == "a" and opts.api_keys == ["k1", "k2"]
+    assert parse_args(["-m", "dir/m.gguf"]).model_name == "m.gguf" and parse_args(["-m", "m.gguf"]).slots
+    with pytest.raises(SystemExit):
+        parse_args(["-m", "m.gguf", "--ctx"])  # no abbreviations: llama-server takes exact names only
+
+
+@pytest.mark.parametrize(
+    ("n_past", "n_prompt", "n_keep", "n_discard", "expected"),
+    [
+        (255, 10, 0, 0, (0, 127)),  # keep nothing, drop half
+        (255, 10, -1, 0, (10, 122)),  # keep the prompt
+        (255, 10, 4, 50, (4, 50)),
+        (255, 10, 4, 9999, (4, 250)),  # never everything after the kept part
+        (255, 300, -1, 0, (252, 1)),  # at most n_ctx - 4 kept
+    ],
+)
+def test_the_context_shift_keeps_and_drops_as_llama_server(n_past, n_prompt, n_keep, n_discard, expected) -> None:
+    from app.runner.context import shift_span
+
+    assert shift_span(n_past, n_prompt, n_keep, n_discard, 256, add_bos=False) == expected
+
+
+def test_a_truncated_prompt_keeps_its_start_and_fits() -> None:
+    from app.runner.context import fit_prompt
+
+    prompt = list(range(1000))
+    cut, truncated = fit_prompt(prompt, 4, 256, add_bos=True)
+    assert truncated and len(cut) < 256 and cut[:5] == prompt[:5] and cut[-1] == 999
+    assert fit_prompt(prompt[:100], 4, 256, add_bos=True) == (prompt[:100], False)

@@ -382,7 +382,7 @@ class Engine:
             -(-slot.n_past // KV_PAD) * KV_PAD - slot.n_past,
             self.model.n_ctx_slot - slot.n_past,
             self.batch_size - self._batch.n_tokens - others,  # each generating slot after this one needs a place
-            request.params.n_predict - slot.n_decoded - 1 if request.params.n_predict >= 0 else self.batch_size,
+            self._limit(request) - slot.n_decoded - 1 if self._limit(request) >= 0 else self.batch_size,
         )
 
     def _add(self, slot: Slot, token: int, logits: bool) -> int:
@@ -466,10 +466,15 @@ class Engine:
             slot.truncated = True  # llama-server's rule: no room for the next token, so the answer ends here
             self._finish(slot, "limit")
             return None
-        if 0 <= request.params.n_predict <= slot.n_decoded:
+        if 0 <= self._limit(request) <= slot.n_decoded:
             self._finish(slot, "limit")
             return None
         return token
+
+    def _limit(self, request: Request) -> int:
+        """The most tokens a request may generate (-1: no limit): its own n_predict, else the runner's --n-predict."""
+        n = request.params.n_predict
+        return n if n != -1 else self.model.options.n_predict
 
     def _hand_on(self, slot: Slot, request: Request, token: int, content: str, probs: Chunk | None) -> None:
         """A streamed token goes out as a chunk at once; a whole answer's is held for the end."""

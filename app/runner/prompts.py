@@ -98,8 +98,8 @@ def parse_logit_bias(model: Vocabulary, value: Any) -> list[tuple[int, float]]:
     for key, raw in pairs:
         if raw is False:
             bias = -math.inf
-        elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            bias = float(raw)
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool) and not math.isnan(raw):
+            bias = max(-math.inf, min(float(raw), 1e30))  # a JSON 1e400 or Infinity would swamp every logit
         else:
             continue
         if isinstance(value, dict) and isinstance(key, str) and key.lstrip("+-").isdigit():
