@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -149,3 +150,33 @@ def test_a_runner_slow_to_stop_does_not_hold_up_other_models(tiny_gguf: Path, tm
 
     still_stopping, unloaded, alive = asyncio.run(scenario())
     assert still_stopping and unloaded and not alive
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LLAMA_CPP_BIN_DIR"),
+    reason="set LLAMA_CPP_BIN_DIR to llama.cpp's build/bin (docs/benchmarks.md)",
+)
+def test_a_stock_llama_server_serves_as_the_runner(smollm2_store: Path, tmp_path: Path) -> None:
+    """The flags loam gives a runner start a real llama-server, and its server-sent events stream through."""
+    from tests.conftest import SMOLLM2_SHA256
+
+    model = smollm2_store / "blobs" / f"sha256-{SMOLLM2_SHA256}"
+    binary = Path(os.environ["LLAMA_CPP_BIN_DIR"]) / "llama-server"
+    gpu = GPU(index=0, name="Fake GPU", backend="cuda", total=8 << 30, free=8 << 30)  # a CPU build ignores layers
+    inventory = Inventory(backends=("cuda",), gpus=(gpu,), ram_total=16 << 30, ram_free=16 << 30)
+    settings = Settings(llama_server=binary, log_dir=tmp_path / "logs")
+
+    async def ask() -> tuple[str, list[dict]]:
+        scheduler = Scheduler(settings, lambda: inventory, has_gpu_backend=False)
+        loaded = await scheduler.acquire(LoadRequest("smol", "sha256:" + SMOLLM2_SHA256, model, LoadOptions()), 60)
+        try:
+            body = {"prompt": "The capital of France is", "n_predict": 8, "temperature": 0}
+            return loaded.runner.argv[0], [chunk async for chunk in loaded.runner.complete(body)]
+        finally:
+            scheduler.release(loaded)
+            await scheduler.shutdown()
+
+    program, chunks = asyncio.run(ask())
+    assert program == str(binary)
+    assert chunks[-1]["stop"] and chunks[-1]["timings"]["predicted_n"] == 8
+    assert "Paris" in "".join(c.get("content", "") for c in chunks)
