@@ -167,7 +167,9 @@ def test_streams_are_server_sent_events(tiny_runner: RunnerProcess) -> None:
         ({"prompt": [[]]}, "the prompt is empty"),
         ({"prompt": [10**9]}, "out of range"),
         ({"prompt": {"a": 1}}, "elements must be a string"),
-        ({"prompt": "x", "temperature": "hot"}, "temperature must be a number"),
+        ({"prompt": "x", "temperature": "hot"}, "temperature must be a finite number"),
+        ({"prompt": "x", "grammar_triggers": 5}, "grammar_triggers must be a list"),
+        ({"prompt": "x", "stop": ["a"] * 65}, "at most 64 strings"),
     ],
 )
 def test_bad_requests_get_400(tiny_runner: RunnerProcess, body: dict, message: str) -> None:
@@ -202,6 +204,28 @@ def test_context_overflow_truncates_and_shifts(tiny_runner: RunnerProcess) -> No
     shifted = tiny_runner.complete(prompt="the", n_predict=3 * n_ctx, ignore_eos=True)
     assert shifted["tokens_predicted"] == 3 * n_ctx and shifted["truncated"] is True
     assert shifted["tokens_cached"] <= n_ctx
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": "x", "n_predict": 1e400}',
+        b'{"prompt": "x", "top_p": ' + b"9" * 400 + b"}",
+        b'{"prompt": "x", "seed": NaN}',
+        b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+)
+def test_numbers_and_nesting_json_allows_but_llama_cpp_cannot_take_get_400(
+    tiny_runner: RunnerProcess, raw: bytes
+) -> None:
+    response = httpx.post(tiny_runner.url + "/completion", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_null_fields_mean_the_default(tiny_runner: RunnerProcess) -> None:
+    body = {"prompt": "the cat", "n_predict": 2, "logprobs": None, "n_probs": None, "stop": None, "logit_bias": None}
+    answer = httpx.post(tiny_runner.url + "/completion", json=body).json()
+    assert answer["tokens_predicted"] == 2 and answer["generation_settings"]["n_probs"] == 0
 
 
 def test_llama_server_context_rules_without_loam_flags(tmp_path: Path) -> None:

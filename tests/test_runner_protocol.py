@@ -116,6 +116,12 @@ def test_post_sampling_probs(runner: RunnerProcess) -> None:
         assert all(p > 0 for p in top) and sum(top) <= 1.0 + 1e-5 and "logprob" not in entry
 
 
+def test_post_sampling_probs_of_a_greedy_pick_are_certain(runner: RunnerProcess) -> None:
+    body = {"prompt": "the cat", "n_predict": 2, "temperature": 0, "n_probs": 3, "post_sampling_probs": True}
+    for entry in post(runner, "/completion", body).json()["completion_probabilities"]:
+        assert entry["prob"] == 1.0 and [(p["id"], p["prob"]) for p in entry["top_probs"]] == [(entry["id"], 1.0)]
+
+
 def test_progress_chunks_and_timings_per_token(runner: RunnerProcess) -> None:
     prompt = " ".join(["the cat sat"] * 20)  # several 32-token batches
     body = {"prompt": prompt, "n_predict": 3, "return_progress": True, "timings_per_token": True, "cache_prompt": False}

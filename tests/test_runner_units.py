@@ -98,7 +98,7 @@ def test_sampling_params_from_json() -> None:
     params = SamplingParams.from_json({"temperature": 0, "stop": "END", "n_predict": 8.0, "seed": 3, "extra": 1})
     assert params.temperature == 0.0 and params.stop == ["END"] and params.n_predict == 8 and params.seed == 3
     assert SamplingParams.from_json({"max_tokens": 5}).n_predict == 5
-    with pytest.raises(ValueError, match="top_k must be a number"):
+    with pytest.raises(ValueError, match="top_k must be a finite number"):
         SamplingParams.from_json({"top_k": "many"})
     with pytest.raises(ValueError, match="stop must be"):
         SamplingParams.from_json({"stop": [1]})

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import llama_cpp
@@ -20,7 +21,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.runner.engine import Engine
-from app.runner.http import cancel_on_disconnect, error, loading, read_body
+from app.runner.http import error, loading, read_body, submit_each
 from app.runner.prompts import exceeds_context, parse_logit_bias, split_prompts, tokenize_prompt
 from app.runner.sampling import SamplingParams, check_grammar, trigger_patterns
 from app.runner.settings import generation_settings
@@ -33,7 +34,7 @@ HEARTBEAT_SECONDS = 1.0
 #: llama-server's system_fingerprint names its build; this names the llama.cpp build the runner uses.
 FINGERPRINT = f"b{llama_cpp.__version__}"
 #: OpenAI completion fields llama-server refuses.
-_OAI_REFUSED = {"best_of": "best_of", "suffix": "suffix", "echo": "echo"}
+_OAI_REFUSED = ("best_of", "suffix", "echo")
 
 
 class _Call:
@@ -53,7 +54,6 @@ class _Call:
         if self.params.grammar:
             lazy = trigger_patterns(self.params.grammar_triggers) if self.params.grammar_lazy else None
             check_grammar(model.vocab, self.params.grammar, lazy)
-        self.stream = bool(body.get("stream"))
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model_name = body["model"] if isinstance(body.get("model"), str) else state.options.model_name
@@ -74,7 +74,7 @@ class _Call:
         chunk = {"index": index, **chunk, "model": self.model_name}
         chunk["generation_settings"] = self.settings()
         chunk["prompt"] = b"".join(model.piece(t, special=True) for t in self.prompts[index]).decode("utf-8", "replace")
-        if not self.params.return_tokens or self.stream:
+        if not self.params.return_tokens or self.params.stream:
             chunk["tokens"] = []
         if fields := self.params.response_fields:
             chunk = _pick(chunk, fields)
@@ -102,7 +102,7 @@ async def completion(state: RunnerState, http: HttpRequest, oai: bool = False) -
         return loading()
     try:
         body = await read_body(http)
-        refused = [k for k in _OAI_REFUSED if oai and body.get(k)]
+        refused = [k for k in _OAI_REFUSED if oai and body.get(k) not in (None, False, 1)]
         if refused:
             raise ValueError(f'"{refused[0]}" is not supported')
         call = _Call(state, body, oai)
@@ -115,27 +115,18 @@ async def completion(state: RunnerState, http: HttpRequest, oai: bool = False) -
             n_ctx = model.n_ctx_slot
             message = exceeds_context(len(tokens), n_ctx)
             return error(400, message, "exceed_context_size_error", n_prompt_tokens=len(tokens), n_ctx=n_ctx)
-    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    for i, tokens in enumerate(call.prompts):
-
-        def emit(chunk: Chunk, i: int = i) -> None:
-            chunk["index"] = i
-            chunks.put_nowait(chunk)
-
-        call.requests.append(Request(tokens, call.params, emit, loop, stream=call.stream))
-    for request in call.requests:
-        engine.submit(request)
-    watcher = asyncio.create_task(cancel_on_disconnect(http, engine, call.requests, chunks))
-    if not call.stream:
+    makers = [partial(Request, tokens, call.params, loop=loop, stream=call.params.stream) for tokens in call.prompts]
+    chunks, call.requests, watcher = submit_each(engine, http, makers)
+    if not call.params.stream:
         try:
-            return await _whole(call, chunks)
+            return await _whole(call, chunks, engine)
         finally:
             watcher.cancel()
     return StreamingResponse(_stream(call, chunks, engine, watcher), media_type="text/event-stream")
 
 
-async def _whole(call: _Call, chunks: asyncio.Queue[Chunk | None]) -> Response:
+async def _whole(call: _Call, chunks: asyncio.Queue[Chunk | None], engine: Engine) -> Response:
     """Every prompt's final chunk, formatted; the first error is the answer if there is one."""
     finals: dict[int, Chunk] = {}
     while len(finals) < len(call.requests):
@@ -144,7 +135,7 @@ async def _whole(call: _Call, chunks: asyncio.Queue[Chunk | None]) -> Response:
             return error(499, "the client went away")
         if "error" in chunk:
             for request in call.requests:
-                request.cancelled.set()
+                engine.cancel(request)
             return error(500, chunk["error"], "server_error")
         if chunk.get("stop"):
             finals[chunk["index"]] = chunk

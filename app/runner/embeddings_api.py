@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from functools import partial
 from typing import Any
 
 import llama_cpp as llama
@@ -17,7 +18,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
 from app.runner.embedding import EmbedJob, split_allowed
-from app.runner.http import cancel_on_disconnect, error, loading, read_body
+from app.runner.engine import Engine
+from app.runner.http import error, loading, read_body, submit_each
 from app.runner.model import Model
 from app.runner.prompts import content_parts_text, exceeds_context, split_prompts, tokenize_prompt
 from app.runner.sampling import SamplingParams
@@ -68,12 +70,13 @@ async def embeddings(state: RunnerState, http: HttpRequest, oai: bool = False) -
             value, oai = body["content"], False  # `content` is llama-server's own field: its own answer
         else:
             raise ValueError('"input" or "content" must be provided')
-        fmt = body.get("encoding_format", "float")
+        fmt = body.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise ValueError("The format to return the embeddings in. Can be either float or base64")
-        normalize = body.get("embd_normalize", 2)
-        if isinstance(normalize, bool) or not isinstance(normalize, int):
-            raise ValueError("embd_normalize must be a whole number")
+        normalize = body.get("embd_normalize")
+        normalize = 2 if normalize is None else normalize
+        if isinstance(normalize, bool) or not isinstance(normalize, int) or not -1 <= normalize <= 64:
+            raise ValueError("embd_normalize must be a whole number from -1 to 64")
         inputs = [_tokens(model, entry) for entry in split_prompts(value)]
     except ValueError as e:
         message = str(e).replace('"prompt" must not be empty', '"input" must not be empty')
@@ -95,21 +98,13 @@ async def embeddings(state: RunnerState, http: HttpRequest, oai: bool = False) -
     return JSONResponse(_oai(body, state.options.model_name, results, fmt == "base64"))
 
 
-async def _embed_all(engine: Any, http: HttpRequest, inputs: list[list[int]], job: EmbedJob) -> list[Chunk] | Response:
+async def _embed_all(
+    engine: Engine, http: HttpRequest, inputs: list[list[int]], job: EmbedJob
+) -> list[Chunk] | Response:
     """Every input's result, in order; the first error as the answer instead."""
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    requests = []
-    for i, tokens in enumerate(inputs):
-
-        def emit(chunk: Chunk, i: int = i) -> None:
-            chunk["index"] = i
-            chunks.put_nowait(chunk)
-
-        requests.append(Request(tokens, SamplingParams(), emit, loop, embedding=job, stream=False))
-    for request in requests:
-        engine.submit(request)
-    watcher = asyncio.create_task(cancel_on_disconnect(http, engine, requests, chunks))
+    makers = [partial(Request, tokens, SamplingParams(), loop=loop, embedding=job, stream=False) for tokens in inputs]
+    chunks, requests, watcher = submit_each(engine, http, makers)
     results: dict[int, Chunk] = {}
     try:
         while len(results) < len(requests):

@@ -70,6 +70,7 @@ class Engine:
         self.draft_lone_only = model.options.n_gpu_layers == 0
         self._batch = llama.llama_batch_init(self.batch_size, 0, 1)
         self._outbox: list[tuple[Request, Chunk]] = []  # chunks of this pass, handed over at its end
+        self._reading: list[Slot] = []  # slots whose prompt tokens are in this pass's batch
         #: Wait for the HTTP side between decodes on the CPU only, where it would take the decode's cores;
         #: beside a GPU decode it costs nothing and is better done at the same time.
         self.delivery_wait = DELIVERY_WAIT if model.options.n_gpu_layers == 0 else 0.0
@@ -240,13 +241,7 @@ class Engine:
         request = slot.request
         assert request is not None
         if request.stream and request.params.return_progress:
-            total, cached = slot.n_prompt, slot.n_cached
-            ms = (time.perf_counter() - slot.started) * 1000
-            progress = {"total": total, "cache": cached, "processed": cached + slot.n_read, "time_ms": ms}
-            chunk: Chunk = {"content": "", "tokens": [], "stop": False, "id_slot": slot.id, "prompt_progress": progress}
-            if request.params.timings_per_token:
-                chunk["timings"] = slot.timings()
-            self._emit(request, chunk)
+            self._emit(request, slot.progress_chunk())
 
     def _pick_slot(self, prompt: list[int], free: list[Slot], use_cache: bool) -> tuple[Slot, int]:
         """The free slot to use and how many prompt tokens it already holds.
@@ -301,6 +296,8 @@ class Engine:
             return
         started = time.perf_counter()
         rc = llama.llama_decode(self.model.ctx, batch)
+        if rc == 1 and self._free_idle_cells():  # a unified KV pool is full: idle conversations make room
+            rc = llama.llama_decode(self.model.ctx, batch)
         m = self.metrics
         m.n_decode += 1
         m.n_busy_slots += sum(s.busy for s in self.slots)
@@ -317,6 +314,14 @@ class Engine:
             self._progress(slot)
         predicted = sum(self._sample(slot, index) for slot, index in outputs)
         self._account(predicted, n_gen, batch.n_tokens - n_gen, now - started)
+
+    def _free_idle_cells(self) -> bool:
+        """Move idle slots' conversations to the state cache and empty their cells; whether any had some."""
+        idle = [s for s in self.slots if not s.busy and s.tokens]
+        for slot in idle:
+            self._save(slot)
+            self._trim(slot, 0)
+        return bool(idle)
 
     def _build_batch(self) -> tuple[llama.llama_batch, list[tuple[Slot, int]], int]:
         """The batch, the (slot, batch index) pairs to sample, and how many tokens are generated ones (drafts too)."""

@@ -30,19 +30,33 @@ async def read_body(http: HttpRequest) -> dict[str, Any]:
         body = await http.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"the request body is not JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ValueError("the request body must be a JSON object")
     return body
 
 
-def submit(
-    engine: Engine, make: Callable[[Callable[[Chunk], None], asyncio.AbstractEventLoop], Request]
-) -> tuple[asyncio.Queue[Chunk | None], Request]:
-    """Queue the request `make` builds around a chunk queue's put; the queue and the request."""
+def submit_each(
+    engine: Engine, http: HttpRequest, requests: list[Callable[[Callable[[Chunk], None]], Request]]
+) -> tuple[asyncio.Queue[Chunk | None], list[Request], asyncio.Task[None]]:
+    """Queue requests that share one chunk queue, each chunk marked with its request's `index`.
+
+    `requests` builds each request around the function its chunks go to. Also
+    returned: the task that cancels them all when the client goes away.
+    """
     chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    request = make(chunks.put_nowait, asyncio.get_running_loop())
-    engine.submit(request)
-    return chunks, request
+    made = []
+    for i, make in enumerate(requests):
+
+        def emit(chunk: Chunk, i: int = i) -> None:
+            chunk["index"] = i
+            chunks.put_nowait(chunk)
+
+        made.append(make(emit))
+    for request in made:
+        engine.submit(request)
+    return chunks, made, asyncio.create_task(cancel_on_disconnect(http, engine, made, chunks))
 
 
 async def cancel_on_disconnect(

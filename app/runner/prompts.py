@@ -8,8 +8,10 @@ answered one by one. `logit_bias` names tokens by id or by text.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Protocol
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 #: Most prompts one request may hold, and most entries of its logit_bias.
 MAX_PROMPTS = 256
 MAX_BIAS = 4096
@@ -94,15 +96,19 @@ def parse_logit_bias(model: Vocabulary, value: Any) -> list[tuple[int, float]]:
         pairs = [tuple(el) for el in value if isinstance(el, list) and len(el) == 2]
     else:
         return []
+    if len(pairs) > MAX_BIAS:
+        raise ValueError(f"logit_bias names at most {MAX_BIAS} tokens")
     out: list[tuple[int, float]] = []
     for key, raw in pairs:
         if raw is False:
             bias = -math.inf
-        elif isinstance(raw, (int, float)) and not isinstance(raw, bool) and not math.isnan(raw):
-            bias = max(-math.inf, min(float(raw), 1e30))  # a JSON 1e400 or Infinity would swamp every logit
+        elif isinstance(raw, float) and not math.isnan(raw):
+            bias = max(-1e30, min(raw, 1e30))  # a JSON 1e400 or Infinity would swamp every logit
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            bias = float(max(-(10**30), min(raw, 10**30)))
         else:
             continue
-        if isinstance(value, dict) and isinstance(key, str) and key.lstrip("+-").isdigit():
+        if isinstance(value, dict) and isinstance(key, str) and _INTEGER.fullmatch(key):
             key = int(key)
         if _is_id(key):
             out += [(key, bias)] if 0 <= key < model.n_vocab else []

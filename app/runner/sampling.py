@@ -17,6 +17,8 @@ import numpy as np
 MAX_N_PROBS = 100
 #: Most tokens one speculative draft may propose.
 MAX_DRAFT = 64
+#: Most stop strings and response_fields one request may name: each stop string is looked for after every token.
+MAX_STOPS, MAX_FIELDS = 64, 64
 #: llama-server's names for fields that are not Python names.
 _ALIASES = {
     "speculative.n_max": "draft_max",
@@ -72,7 +74,8 @@ class SamplingParams:
         `defaults` holds the server's defaults (llama-server's --temp, --seed, --n-predict).
         """
         params = replace(defaults) if defaults is not None else cls()
-        body = {_ALIASES.get(k, k): v for k, v in body.items() if k not in _ALIASES or _ALIASES[k] not in body}
+        given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as in llama-server
+        body = {_ALIASES.get(k, k): v for k, v in given.items() if k not in _ALIASES or _ALIASES[k] not in given}
         if isinstance(body.get("n_probs"), bool):  # OpenAI's `logprobs: true`
             body["n_probs"] = 1 if body["n_probs"] else 0
         for f in fields(cls):
@@ -81,18 +84,20 @@ class SamplingParams:
             value = body[f.name]
             if f.name == "stop":
                 value = [value] if isinstance(value, str) else value
-                if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                    raise ValueError("stop must be a string or a list of strings")
+                if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(value) > MAX_STOPS:
+                    raise ValueError(f"stop must be a string or a list of at most {MAX_STOPS} strings")
             elif f.type in ("int", "float"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{f.name} must be a number")
+                if not _finite_number(value):
+                    raise ValueError(f"{f.name} must be a finite number")
                 value = int(value) if f.type == "int" else float(value)
             elif f.type == "bool":
                 value = bool(value)
             elif f.type == "str" and not isinstance(value, str):
                 raise ValueError(f"{f.name} must be a string")
-            elif f.name == "response_fields":
-                if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            elif f.name in ("response_fields", "grammar_triggers"):
+                if not isinstance(value, list) or len(value) > MAX_FIELDS:
+                    raise ValueError(f"{f.name} must be a list of at most {MAX_FIELDS} entries")
+                if f.name == "response_fields" and not all(isinstance(s, str) for s in value):
                     raise ValueError("response_fields must be a list of strings")
             setattr(params, f.name, value)
         if params.draft_max > MAX_DRAFT or params.draft_min > MAX_DRAFT:
@@ -104,6 +109,15 @@ class SamplingParams:
         if params.grammar_lazy:
             trigger_patterns(params.grammar_triggers)  # checked now, used by the decode loop
         return params
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number a C field can hold: no bool, no infinity or NaN, no 400-digit integer."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**62) < value < 2**62
+    return isinstance(value, float) and math.isfinite(value)
 
 
 #: Most triggers one lazy grammar may have, and the longest one.
@@ -201,6 +215,8 @@ class Sampler:
     ) -> None:
         self.penalties = None
         self._row = ctypes.c_float * n_vocab  # a view type for one row of llama.cpp's logits
+        self._candidates: np.ndarray | None = None  # post_sampling_probs' candidate array, made on first use
+        self.greedy = params.temperature <= 0
         self.banned = sorted(set(banned or ()))
         self.chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = lambda s: llama.llama_sampler_chain_add(self.chain, s)  # noqa: E731
@@ -232,11 +248,11 @@ class Sampler:
         if params.top_k > 0:
             add(llama.llama_sampler_init_top_k(params.top_k))
         if params.typical_p < 1.0:
-            add(llama.llama_sampler_init_typical(params.typical_p, 1))
+            add(llama.llama_sampler_init_typical(params.typical_p, max(1, params.min_keep)))
         if params.top_p < 1.0:
-            add(llama.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama.llama_sampler_init_top_p(params.top_p, max(1, params.min_keep)))
         if params.min_p > 0.0:
-            add(llama.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama.llama_sampler_init_min_p(params.min_p, max(1, params.min_keep)))
         add(llama.llama_sampler_init_temp(params.temperature))
         seed = params.seed if params.seed >= 0 else random.getrandbits(32)
         add(llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
@@ -265,19 +281,24 @@ class Sampler:
         """Sample as `sample` does, and also return the chosen token's probability after the chain
         and the n most probable candidates left by it (llama-server's post_sampling_probs)."""
         logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, index), shape=(self._row._length_,))
-        data = np.zeros(len(logits), dtype=_TOKEN_DATA)
-        data["id"] = np.arange(len(logits), dtype=np.int32)
+        if self._candidates is None:
+            self._candidates = np.zeros(len(logits), dtype=_TOKEN_DATA)
+        data = self._candidates
+        data["id"] = np.arange(len(logits), dtype=np.int32)  # the samplers reorder the array, so set it each time
         data["logit"] = logits
-        array = llama.llama_token_data_array(
-            data.ctypes.data_as(ctypes.POINTER(llama.llama_token_data)), len(data), -1, False
-        )
-        llama.llama_sampler_apply(self.chain, ctypes.byref(array))
+        data["p"] = 0.0
+        pointer = data.ctypes.data_as(ctypes.POINTER(llama.llama_token_data))
+        array = llama.llama_token_data_array(pointer, len(data), -1, False)
+        llama.llama_sampler_apply(self.chain, ctypes.byref(array))  # the samplers work in place, shrinking size
         kept = data[: array.size]
         token = int(kept["id"][array.selected])
         llama.llama_sampler_accept(self.chain, token)
-        order = np.argsort(-kept["p"], kind="stable")[:n]
-        top = [(int(kept["id"][i]), float(kept["p"][i])) for i in order if kept["p"][i] > 0]
-        return token, float(kept["p"][array.selected]), top
+        if self.greedy:  # the greedy sampler picks without probabilities; llama-server's chain gives it 1
+            return token, 1.0, [(token, 1.0)]
+        p = kept["p"]
+        top = np.argpartition(-p, n - 1)[:n] if n < len(p) else np.arange(len(p))
+        top = top[np.argsort(-p[top], kind="stable")]
+        return token, float(p[array.selected]), [(int(kept["id"][i]), float(p[i])) for i in top if p[i] > 0]
 
     def close(self) -> None:
         if self.chain:

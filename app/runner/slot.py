@@ -120,18 +120,29 @@ class Slot:
             **timings(self.n_cached, self.n_read, prompt_ms, self.n_decoded, predicted_ms, drafted, accepted),
         }
 
+    def progress_chunk(self) -> Chunk:
+        """llama-server's prompt_progress chunk: how much of the prompt is read (or was cached)."""
+        ms = (time.perf_counter() - self.started) * 1000
+        progress = {"total": self.n_prompt, "cache": self.n_cached, "processed": self.n_cached + self.n_read}
+        chunk: Chunk = {"content": "", "tokens": [], "stop": False, "id_slot": self.id}
+        chunk["prompt_progress"] = progress | {"time_ms": ms}
+        if self.request is not None and self.request.params.timings_per_token:
+            chunk["timings"] = self.timings()
+        return chunk
+
     def describe(self, n_ctx: int) -> dict[str, Any]:
         """The /slots view of this slot: llama-server's keys, and what it is doing."""
+        request, lookup = self.request, self.lookup  # read once: the decode thread may release the slot meanwhile
         view: dict[str, Any] = {
             "id": self.id,
             "n_ctx": n_ctx,
-            "speculative": self.lookup is not None and self.lookup.n_max > 0,
-            "is_processing": self.busy,
+            "speculative": lookup is not None and lookup.n_max > 0,
+            "is_processing": request is not None,
             "n_past": self.n_past,
         }
-        if self.request is not None:
+        if request is not None:
             view.update(
-                id_task=self.request.id,
+                id_task=request.id,
                 n_prompt_tokens=self.n_prompt,
                 n_prompt_tokens_processed=self.n_read,
                 n_prompt_pending=len(self.pending),

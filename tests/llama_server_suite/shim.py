@@ -11,6 +11,7 @@ llama-server binary) sees exactly what llama-server would.
 import os
 import sys
 
+# The same list as app.runner.options.HUB_FLAGS: this script runs before (and without) loam's package.
 HUB_FLAGS_WITH_VALUE = {
     "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-mu", "--model-url",
     "-hfd", "-hfrd", "--hf-repo-draft",
