@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -28,9 +29,12 @@ class RunnerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         program = [str(executable)] if executable else [sys.executable, "-m", "app.runner"]
+        # a runner of loam's follows its parent out, so a killed test run leaves no model in memory
+        env = {**os.environ, "LOAM_RUNNER_PARENT": str(os.getpid())}
         self.proc = subprocess.Popen(
             [*program, "--model", str(model), "--port", str(self.port), *args],
             cwd=REPO,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
