@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import REPO
 from tests.ggufmaker import write_tiny_llama
@@ -231,3 +233,29 @@ def test_flags_the_runner_refuses_name_the_reason(model: Path, flag: list[str], 
         [sys.executable, "-m", "app.runner", "-m", str(model), *flag], cwd=REPO, capture_output=True, text=True
     )
     assert run.returncode == 2 and message in run.stderr
+
+
+VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=20,
+)
+FIELDS = st.sampled_from(
+    ["prompt", "input", "content", "logit_bias", "n_probs", "logprobs", "post_sampling_probs", "response_fields",
+     "stop", "temperature", "seed", "embd_normalize", "encoding_format", "grammar_triggers", "n_keep", "n_discard",
+     "min_keep", "return_tokens", "echo", "best_of", "ignore_eos", "top_k", "model"]
+)  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    path=st.sampled_from(["/completion", "/v1/completions", "/embeddings", "/v1/embeddings", "/tokenize"]),
+    body=st.dictionaries(FIELDS, VALUE, max_size=6),
+)
+def test_garbage_bodies_get_an_answer_never_a_500(runner: RunnerProcess, path: str, body: dict) -> None:
+    body = {**body, "n_predict": 1, "stream": False}  # bounded work; every other field is the stranger's
+    raw = json.dumps(body, allow_nan=True).encode()
+    response = httpx.post(runner.url + path, content=raw, headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code < 500, (path, body, response.text[:300])
+    if response.status_code >= 400:
+        assert response.json()["error"]["message"]

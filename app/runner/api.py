@@ -20,12 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.runner.completion_api import FINGERPRINT, completion
 from app.runner.embeddings_api import embeddings
-from app.runner.http import cancel_on_disconnect, error, loading, read_body
+from app.runner.http import error, loading, read_body, submit_each
 from app.runner.metrics import render
 from app.runner.sampling import SamplingParams
 from app.runner.scoring import ScoreJob
 from app.runner.settings import generation_settings
-from app.runner.slot import Chunk, Request
+from app.runner.slot import Request
 from app.runner.state import RunnerState
 
 #: Paths anyone may read, key or not (llama-server's public endpoints).
@@ -146,10 +146,7 @@ async def score(state: RunnerState, http: HttpRequest) -> Response:
     except ValueError as e:
         return error(400, str(e))
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
-    request = Request([], SamplingParams(), chunks.put_nowait, loop, score=job)
-    engine.submit(request)
-    watcher = asyncio.create_task(cancel_on_disconnect(http, engine, [request], chunks))
+    chunks, _, watcher = submit_each(engine, http, [partial(Request, [], SamplingParams(), loop=loop, score=job)])
     try:
         result = await chunks.get()
     finally:
