@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import platformdirs
 
 from app.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 APP_NAME = "loam"
 DEFAULT_HOST = "127.0.0.1:11435"
@@ -130,12 +124,18 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     """The user's config.toml as a dict; an absent file is an empty config."""
     path = path or paths().config_file
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        f = path.open("rb")
     except FileNotFoundError:
         return {}
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}; fix or delete the file") from e
+    if sys.version_info >= (3, 11):  # imported here: `loam ask` without a config file never needs it
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    with f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}; fix or delete the file") from e
 
 
 def save_config(data: dict[str, Any], path: Path | None = None) -> None:
@@ -196,6 +196,8 @@ def open_private_log(path: Path, append: bool = True) -> BinaryIO:
 
 def temp_file(folder: Path, prefix: str, suffix: str = "", mode: int | None = None) -> tuple[int, str]:
     """mkstemp in `folder`, with the usual file mode (or `mode`) instead of mkstemp's 0600."""
+    import tempfile  # here, not at the top: `loam ask` writes no file and starts faster without it
+
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     os.fchmod(fd, FILE_MODE if mode is None else mode)
     return fd, name

@@ -15,11 +15,17 @@ ask` and by the chat TUI (headless under Textual's Pilot, stats panel shown,
 in a child process like ask), alternating; the server's eval rate of each is
 compared: the chat's drawing shares the two cores with the model. Prints
 medians and ratios.
+
+The commands run from this checkout, whose modules are byte-compiled first, as
+`pip install .` does for an installed loam: otherwise, where
+PYTHONDONTWRITEBYTECODE is set, every `loam ask` would compile its modules anew
+(about 15 ms here) and time something no installed copy does.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import re
 import statistics
@@ -151,6 +157,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only-chat", action="store_true", help="measure only the chat's eval rate against ask's")
     args = parser.parse_args()
+    compileall.compile_dir(REPO / "app", quiet=1)
     with tempfile.TemporaryDirectory() as home, ServerProcess(args.models, Path(home)) as serve:
         serve_rate(serve.url, args.model, -1)  # loads the model; its runner's flags are the ones used below
         if not args.only_chat:
@@ -186,8 +193,11 @@ def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int)
     med = {k: statistics.median(v) for k, v in rates.items()}
     for name, value in med.items():
         print(f"{name:<14} {value:6.1f} tok/s streamed ({N_TOKENS} tokens)")
-    print(f"loam serve / runner alone:  {med['loam serve'] / med['runner']:.2f}x")
-    print(f"loam serve / llama-server:  {med['loam serve'] / med['llama-server']:.2f}x")
+    for other in ("runner alone", "llama-server"):
+        theirs = rates[other.removesuffix(" alone")]
+        paired = statistics.median(a / b for a, b in zip(rates["loam serve"], theirs, strict=True))
+        ratio = med["loam serve"] / statistics.median(theirs)
+        print(f"loam serve / {other + ':':<14}{ratio:.2f}x of medians, {paired:.2f}x median of rounds")
     runs = ", ".join(f"{o * 1000:.0f}" for o in overheads)
     print(f"warm loam ask, wall time minus the server's total duration: {statistics.median(overheads) * 1000:.0f} ms")
     print(f"  (runs: {runs} ms); of it, Python's own start (python -c pass): {statistics.median(starts) * 1000:.0f} ms")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from app.runner import hugepages
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -24,13 +26,17 @@ def free_port() -> int:
 class RunnerProcess:
     """A runner child process; `url` once `/health` says ok."""
 
-    def __init__(self, model: Path, *args: str, executable: Path | None = None) -> None:
-        """`executable`: a llama-server binary to start instead of loam's runner."""
+    def __init__(self, model: Path, *args: str, executable: Path | None = None, by_hand: bool = False) -> None:
+        """`executable`: a llama-server binary to start instead of loam's runner. loam's runner gets the
+        environment `loam serve` gives it (app.runner.hugepages), unless `by_hand`: then it starts itself
+        again to get it, as when a person starts it."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         program = [str(executable)] if executable else [sys.executable, "-m", "app.runner"]
         # a runner of loam's follows its parent out, so a killed test run leaves no model in memory
         env = {**os.environ, "LOAM_RUNNER_PARENT": str(os.getpid())}
+        if not executable and not by_hand:
+            env = hugepages.child_environ(env)
         self.proc = subprocess.Popen(
             [*program, "--model", str(model), "--port", str(self.port), *args],
             cwd=REPO,

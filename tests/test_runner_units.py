@@ -111,7 +111,7 @@ def test_runner_flags_are_llama_servers() -> None:
     )  # fmt: skip
     assert (opts.ctx_size, opts.parallel, opts.n_gpu_layers, opts.threads) == (2048, 4, 99, 2)
     assert opts.flash_attn == "on" and opts.kv_cache_type == "q8_0" and opts.tensor_split == [3.0, 1.0]
-    assert opts.no_mmap and opts.embedding and opts.port == 9000 and opts.host == "127.0.0.1"
+    assert opts.load_mode == "none" and opts.embedding and opts.port == 9000 and opts.host == "127.0.0.1"
 
 
 def test_the_v_cache_type_follows_k_unless_named() -> None:

@@ -14,17 +14,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-import llama_cpp
-import uvicorn
+from app.runner import hugepages
 
-from app.runner.api import build_app
-from app.runner.cache import StateCache
-from app.runner.disk_cache import DiskStates, log
-from app.runner.draft import Drafter
-from app.runner.engine import Engine
-from app.runner.model import LoadError, Model
-from app.runner.options import RunnerOptions, parse_args
-from app.runner.state import RunnerState
+if __name__ == "__main__":  # before llama.cpp allocates anything: its large buffers then take huge pages
+    hugepages.restart_with_tunable()
+
+import llama_cpp  # noqa: E402
+import uvicorn  # noqa: E402
+
+from app.runner.api import build_app  # noqa: E402
+from app.runner.cache import StateCache  # noqa: E402
+from app.runner.disk_cache import DiskStates, log  # noqa: E402
+from app.runner.draft import Drafter  # noqa: E402
+from app.runner.engine import Engine  # noqa: E402
+from app.runner.model import LoadError, Model  # noqa: E402
+from app.runner.options import RunnerOptions, parse_args  # noqa: E402
+from app.runner.state import RunnerState  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine = Engine(model, state_cache(options), drafter(options, model))
             engine.start()
             state.model, state.engine = model, engine
+            huge = hugepages.huge_bytes() >> 20
+            print(f"model loaded ({'read into memory' if model.load_mode == 'none' else model.load_mode}, "
+                  f"{huge} MiB in huge pages)", file=sys.stderr, flush=True)  # fmt: skip
         except LoadError as e:
             failure.append(e)
             server.should_exit = True

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import llama_cpp as llama
 
+from app.hardware.devices import system_ram
+from app.runner import hugepages
 from app.runner.options import RunnerOptions
 
 _POOLING = {
@@ -75,7 +77,9 @@ class Model:
         llama.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama.llama_backend_init()
         self.options = options
-        self.model = _load_model(options, on_progress)
+        #: How the file was read: none (into memory), mmap (mapped) or dio.
+        self.load_mode = _check_file(options)
+        self.model = _load_model(options, self.load_mode, on_progress)
         self.vocab = llama.llama_model_get_vocab(self.model)
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama.llama_model_n_embd(self.model)
@@ -167,20 +171,26 @@ class Model:
         llama.llama_model_free(self.model)
 
 
-def _load_model(options: RunnerOptions, on_progress: Callable[[float], None]) -> llama.llama_model_p:
+def _check_file(options: RunnerOptions) -> str:
+    """How to read the model file; LoadError if it is missing or not GGUF."""
     path = Path(options.model)
     if not path.is_file():
         raise LoadError("missing", f"model file {path} does not exist")
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise LoadError("bad_model", f"{path} is not a GGUF model file")
+    return resolve_load_mode(options, path.stat().st_size)
+
+
+def _load_model(options: RunnerOptions, mode: str, on_progress: Callable[[float], None]) -> llama.llama_model_p:
+    path = Path(options.model)
     params = llama.llama_model_default_params()
     params.n_gpu_layers = options.n_gpu_layers
     params.main_gpu = options.main_gpu
     if options.tensor_split:
         split = (ctypes.c_float * len(options.tensor_split))(*options.tensor_split)
         params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
-    _set_load_mode(params, mmap=not options.no_mmap, mlock=options.mlock)
+    _set_load_mode(params, mode, options.mlock)
 
     @llama.llama_progress_callback
     def progress(fraction: float, user_data: ctypes.c_void_p) -> bool:
@@ -194,14 +204,36 @@ def _load_model(options: RunnerOptions, on_progress: Callable[[float], None]) ->
     return model
 
 
-def _set_load_mode(params: llama.llama_model_params, mmap: bool, mlock: bool) -> None:
+def resolve_load_mode(
+    options: RunnerOptions, file_size: int, huge_pages: bool | None = None, available: int | None = None
+) -> str:
+    """How the model file is read: "auto" becomes "none" (read into memory) where that memory takes huge pages
+    (app.runner.hugepages), every layer runs on the CPU, and a copy of the file fits in the available RAM with
+    a quarter and 512 MiB to spare; "mmap", llama.cpp's own default, otherwise."""
+    if options.load_mode != "auto":
+        return options.load_mode
+    huge_pages = hugepages.active() if huge_pages is None else huge_pages
+    if not huge_pages or options.n_gpu_layers != 0:
+        return "mmap"
+    available = system_ram()[1] if available is None else available
+    return "none" if file_size + file_size // 4 + (512 << 20) <= available else "mmap"
+
+
+_LOAD_MODES = {
+    ("none", False): "LLAMA_LOAD_MODE_NONE",
+    ("none", True): "LLAMA_LOAD_MODE_MLOCK",
+    ("mmap", False): "LLAMA_LOAD_MODE_MMAP",
+    ("mmap", True): "LLAMA_LOAD_MODE_MMAP_MLOCK",
+    ("dio", False): "LLAMA_LOAD_MODE_DIRECT_IO",
+    ("dio", True): "LLAMA_LOAD_MODE_DIRECT_IO",
+}
+
+
+def _set_load_mode(params: llama.llama_model_params, mode: str, mlock: bool) -> None:
     if hasattr(params, "load_mode"):
-        if mmap:
-            params.load_mode = llama.LLAMA_LOAD_MODE_MMAP_MLOCK if mlock else llama.LLAMA_LOAD_MODE_MMAP
-        else:
-            params.load_mode = llama.LLAMA_LOAD_MODE_MLOCK if mlock else llama.LLAMA_LOAD_MODE_NONE
+        params.load_mode = getattr(llama, _LOAD_MODES[mode, mlock])
     else:  # older llama.cpp
-        params.use_mmap, params.use_mlock = mmap, mlock
+        params.use_mmap, params.use_mlock = mode == "mmap", mlock
 
 
 def _new_context(model: llama.llama_model_p, options: RunnerOptions) -> llama.llama_context_p:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 POOLING_TYPES = ("none", "mean", "cls", "last")
+LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
 #: llama-server's flags for downloading a model, which the runner refuses with one clear line.
 HUB_FLAGS = ("-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-mu", "--model-url", "-hfd", "-hfrd", "--hf-repo-draft")
 #: llama-server's switches that change nothing here: no web UI, no chat templates, always continuous batching.
@@ -42,8 +43,8 @@ class RunnerOptions:
     lora: list[Path] = field(default_factory=list)
     main_gpu: int = 0
     tensor_split: list[float] = field(default_factory=list)
+    load_mode: str = "auto"  # auto (see app.runner.model.resolve_load_mode), none, mmap or dio
     mlock: bool = False
-    no_mmap: bool = False
     embedding: bool = False
     pooling: str = ""  # empty: the model's own (llama.cpp's default, none for most chat models)
     verbose: bool = False
@@ -95,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     a("--lora", type=Path, action="append", default=[])
     a("-mg", "--main-gpu", type=int, default=0)
     a("-ts", "--tensor-split", default="", help="fractions per GPU, e.g. 3,1")
-    a("--mlock", action="store_true")
-    a("--no-mmap", action="store_true")
+    a("-lm", "--load-mode", choices=LOAD_MODES, help="llama-server's; auto: read into huge pages where that pays")
+    a("--mlock", action="store_true", help="keep the model in RAM")
+    a("--mmap", dest="mmap", action="store_true", default=None, help="same as --load-mode mmap")
+    a("--no-mmap", dest="mmap", action="store_false", help="same as --load-mode none")
     a("--embedding", "--embeddings", action="store_true")
     a("--pooling", choices=POOLING_TYPES, default="", help="embedding pooling; default: the model's")
     a("-v", "--verbose", action="store_true")
@@ -138,6 +141,14 @@ def _normalize(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _load_mode(load_mode: str | None, mmap: bool | None, mlock: bool) -> tuple[str, bool]:
+    """llama-server's --load-mode, or the older --mmap/--no-mmap, as (how the file is read, whether it is locked)."""
+    mode = load_mode or {None: "auto", True: "mmap", False: "none"}[mmap]
+    if mode.endswith("mlock"):
+        return {"mlock": "none", "mmap+mlock": "mmap"}[mode], True
+    return mode, mlock
+
+
 def _csv(value: str) -> list[str]:
     return [x.strip() for x in value.split(",") if x.strip()]
 
@@ -154,6 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         p.error("--reranking is not supported by the runner; it serves completions and embeddings")
     if a.parallel < 1 or a.ctx_size < (16 if a.kv_unified else a.parallel * 16):
         p.error("--parallel must be at least 1 and --ctx-size at least 16 tokens per slot")
+    mode, mlock = _load_mode(a.load_mode, a.mmap, a.mlock)
     return RunnerOptions(
         model=a.model,
         host=a.host,
@@ -171,8 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunnerOptions:
         lora=a.lora,
         main_gpu=a.main_gpu,
         tensor_split=[float(x) for x in _csv(a.tensor_split)],
-        mlock=a.mlock,
-        no_mmap=a.no_mmap,
+        load_mode=mode,
+        mlock=mlock,
         embedding=a.embedding,
         pooling=a.pooling,
         verbose=a.verbose,

@@ -44,7 +44,7 @@ class LoadOptions:
     num_gpu: int = -1
     main_gpu: int = 0
     num_thread: int = 0
-    use_mmap: bool = True
+    use_mmap: bool | None = None  # None: the runner's choice (app.runner.model.resolve_load_mode)
     use_mlock: bool = False
     parallel: int = 1
     draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT  # the runner's --draft-max, for a model with a DRAFT
@@ -81,7 +81,7 @@ def load_options(options: dict[str, Any], context_length: int | None, parallel: 
         num_gpu=int(options.get("num_gpu", -1)),
         main_gpu=int(options.get("main_gpu", 0)),
         num_thread=int(options.get("num_thread") or 0),
-        use_mmap=bool(options.get("use_mmap", True)),
+        use_mmap=None if options.get("use_mmap") is None else bool(options["use_mmap"]),
         use_mlock=bool(options.get("use_mlock", False)),
         parallel=int(options.get("num_parallel") or parallel),
         draft_num_predict=int(options.get("draft_num_predict") or DEFAULT_DRAFT_NUM_PREDICT),

@@ -33,6 +33,7 @@ import httpx
 
 from app import config
 from app.errors import LoamError
+from app.runner import hugepages
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _OOM = re.compile(r"out of memory|failed to allocate|unable to allocate|cannot allocate", re.I)
@@ -101,7 +102,7 @@ class Runner:
         self.log_path = log_dir / f"runner-{self.port}.log"
         self.argv = command.argv(model, self.port, args)
         env = {
-            **os.environ,
+            **hugepages.child_environ(os.environ),  # the runner need not start itself again to get huge pages
             "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])),
             PARENT_ENV: str(os.getpid()),  # the runner exits if this process is gone, even after a SIGKILL
             "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),  # nvidia-smi's numbering

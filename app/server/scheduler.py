@@ -96,6 +96,17 @@ class Loaded:
         return self.request.name
 
 
+def load_mode_args(use_mmap: bool | None, use_mlock: bool) -> list[str]:
+    """llama-server's --load-mode (which loam's runner takes too) for Ollama's use_mmap and use_mlock;
+    nothing when both are left to the runner. mlock without a say on mapping reads into locked memory."""
+    if use_mmap is None and not use_mlock:
+        return []
+    mode = "mmap" if use_mmap else "none"
+    if use_mlock:
+        mode = "mmap+mlock" if use_mmap else "mlock"
+    return ["--load-mode", mode]
+
+
 class Scheduler:
     """Loads, shares, expires and evicts runners; all calls on the server's event loop."""
 
@@ -286,10 +297,7 @@ class Scheduler:
         ]  # fmt: skip
         if opts.num_thread:
             args += ["--threads", str(opts.num_thread)]
-        if not opts.use_mmap:
-            args.append("--no-mmap")
-        if opts.use_mlock:
-            args.append("--mlock")
+        args += load_mode_args(opts.use_mmap, opts.use_mlock)
         if self.settings.kv_cache_type != "f16":
             args += ["--cache-type-k", self.settings.kv_cache_type, "--cache-type-v", self.settings.kv_cache_type]
         for adapter in req.adapters:
