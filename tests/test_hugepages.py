@@ -91,6 +91,14 @@ def test_the_runner_starts_itself_again_only_when_that_changes_something(
         assert calls == []
 
 
+def test_a_failed_restart_goes_on_in_ordinary_pages(simulated: None, capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(*call: object) -> None:
+        raise PermissionError("not allowed")
+
+    assert hugepages.restart_with_tunable({}, ["x"], fail) is False
+    assert "using ordinary pages" in capsys.readouterr().err
+
+
 def test_no_restart_where_the_kernel_has_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hugepages, "thp_mode", lambda setting=None: "never")
     assert not hugepages.restart_with_tunable({}, ["x"], lambda *call: pytest.fail("restarted"))

@@ -101,7 +101,11 @@ def restart_with_tunable(
     env = os.environ if env is None else env
     if env.get(_REEXECED) or has_tunable(env) or not wanted(env) or not supported(thp_mode(), glibc_version()):
         return False
-    execve(sys.executable, argv or list(sys.orig_argv), {**with_tunable(env), _REEXECED: "1"})
+    try:
+        execve(sys.executable, argv or list(sys.orig_argv), {**with_tunable(env), _REEXECED: "1"})
+    except OSError as e:  # the interpreter cannot be started again: serve from ordinary pages
+        print(f"huge pages: cannot start again with {TUNABLE} ({e}); using ordinary pages", file=sys.stderr)
+        return False
     return True
 
 
