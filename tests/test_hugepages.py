@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.hardware.devices import cgroup_free
 from app.runner import hugepages
 from app.runner.model import resolve_load_mode
 from app.runner.options import RunnerOptions, parse_args
@@ -58,6 +62,21 @@ def test_huge_pages_need_a_kernel_that_offers_them_and_glibc_2_35(
     assert hugepages.supported(mode, glibc) is ok
 
 
+@pytest.mark.parametrize(
+    ("tunables", "setting", "huge"),
+    [("", None, False), ("glibc.malloc.hugetlb=1", "1", True),
+     ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2", "2", True), ("glibc.malloc.hugetlb=0", "0", False),
+     ("glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0", "0", False)],
+)  # fmt: skip
+def test_the_users_own_hugetlb_setting_is_read_as_glibc_reads_it(
+    tunables: str, setting: str | None, huge: bool
+) -> None:
+    env = {"GLIBC_TUNABLES": tunables}
+    assert hugepages.hugetlb_setting(env) == setting and hugepages.has_tunable(env) is huge
+    if setting is not None:  # the user's choice stands: nothing is appended
+        assert hugepages.with_tunable(env) == env
+
+
 def test_the_tunable_joins_other_glibc_tunables_once() -> None:
     env = hugepages.with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/h"})
     assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "HOME": "/h"}
@@ -75,7 +94,8 @@ def simulated(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("env", "restarts"),
     [({}, True), ({"LOAM_HUGE_PAGES": "0"}, False), ({"LOAM_HUGE_PAGES": "off"}, False),
-     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, False), ({"LOAM_HUGE_PAGES_EXEC": "1"}, False)],
+     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, False), ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, False),
+     ({"LOAM_HUGE_PAGES_EXEC": "1"}, False)],
 )  # fmt: skip
 def test_the_runner_starts_itself_again_only_when_that_changes_something(
     simulated: None, env: dict[str, str], restarts: bool
@@ -114,16 +134,36 @@ GIB = 1 << 30
 
 
 @pytest.mark.parametrize(
-    ("mode", "ngl", "huge", "available", "resolved"),
-    [("auto", 0, True, 8 * GIB, "none"),  # read into memory that takes huge pages
-     ("auto", 0, False, 8 * GIB, "mmap"),  # no huge pages: a copy would gain nothing
-     ("auto", 10, True, 8 * GIB, "mmap"),  # layers on a GPU: llama.cpp's default
-     ("auto", 0, True, GIB, "mmap"),  # a copy of a 1 GiB file does not fit beside what is free
-     ("mmap", 0, True, 8 * GIB, "mmap"), ("none", 5, False, GIB, "none"), ("dio", 0, True, 8 * GIB, "dio")],
+    ("mode", "ngl", "huge", "available", "gpu_build", "resolved"),
+    [("auto", 0, True, 8 * GIB, False, "none"),  # read into memory that takes huge pages
+     ("auto", 0, False, 8 * GIB, False, "mmap"),  # no huge pages: a copy would gain nothing
+     ("auto", 10, True, 8 * GIB, True, "mmap"),  # layers on a GPU: mapped, as llama-server does
+     ("auto", 0, True, 8 * GIB, True, "mmap"),  # a GPU build would read into pinned host memory instead
+     ("auto", 0, True, GIB, False, "mmap"),  # a copy of a 1 GiB file does not fit beside what is free
+     ("mmap", 0, True, 8 * GIB, False, "mmap"), ("none", 5, False, GIB, True, "none"),
+     ("dio", 0, True, 8 * GIB, False, "dio")],
 )  # fmt: skip
-def test_load_mode(mode: str, ngl: int, huge: bool, available: int, resolved: str) -> None:
+def test_load_mode(mode: str, ngl: int, huge: bool, available: int, gpu_build: bool, resolved: str) -> None:
     options = RunnerOptions(model=Path("m.gguf"), load_mode=mode, n_gpu_layers=ngl)
-    assert resolve_load_mode(options, GIB, huge, available) == resolved
+    assert resolve_load_mode(options, GIB, huge, available, gpu_build) == resolved
+
+
+@pytest.mark.parametrize(
+    ("proc", "files", "free"),
+    [("0::/user.slice/app\n", {"user.slice/app/memory.max": "4096\n", "user.slice/app/memory.current": "1024\n"}, 3072),
+     ("0::/a\n", {"a/memory.max": "max\n", "a/memory.current": "1024\n"}, None),
+     ("4:memory:/box\n0::/\n", {"memory/box/memory.limit_in_bytes": "8192",
+                                 "memory/box/memory.usage_in_bytes": "9000"}, 0),
+     ("4:cpu,memory:/box\n", {"memory/box/memory.limit_in_bytes": "9223372036854771712",
+                              "memory/box/memory.usage_in_bytes": "1"}, None),
+     ("garbage\n0::/gone\n", {}, None)],
+)  # fmt: skip
+def test_cgroup_free_reads_v2_and_v1_limits(tmp_path: Path, proc: str, files: dict[str, str], free: int | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "cgroup").write_text(proc)
+    assert cgroup_free(tmp_path, tmp_path / "cgroup") == free
 
 
 @pytest.mark.parametrize(
@@ -140,13 +180,33 @@ def test_load_mode_flags_are_llama_servers_and_the_older_ones(flags: list[str], 
 @pytest.mark.parametrize(
     ("use_mmap", "use_mlock", "args"),
     [(None, False, []), (True, False, ["--load-mode", "mmap"]), (False, False, ["--load-mode", "none"]),
-     (None, True, ["--load-mode", "mlock"]), (True, True, ["--load-mode", "mmap+mlock"]),
+     (None, True, ["--load-mode", "mmap+mlock"]), (True, True, ["--load-mode", "mmap+mlock"]),
      (False, True, ["--load-mode", "mlock"])],
 )  # fmt: skip
 def test_ollamas_use_mmap_and_use_mlock_become_a_load_mode(
     use_mmap: bool | None, use_mlock: bool, args: list[str]
 ) -> None:
     assert load_mode_args(use_mmap, use_mlock) == args
+
+
+def _loaded_line(runner: RunnerProcess, seconds: float = 60) -> str:
+    """The runner's `model loaded` line, read with a deadline so a runner that never says it fails the test."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in runner.proc.stderr:  # type: ignore[union-attr]
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line.startswith("model loaded"):
+            return line
+    raise AssertionError("the runner never logged `model loaded`")
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -163,16 +223,20 @@ def test_a_runner_started_by_hand_puts_its_model_in_huge_pages_where_this_machin
     library offers none, it keeps the file mapped and its environment unchanged."""
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("LOAM_HUGE_PAGES", raising=False)
-    model = write_tiny_llama(tmp_path / "tiny.gguf", n_embd=256, n_head=4, n_layer=4)
-    with RunnerProcess(model, "--ctx-size", "4096", "--threads", "2", by_hand=True) as runner:
+    # 17 MB of f32 weights beside a KV cache of 1 MB and 4 MB of compute buffers: mapped, the process
+    # still has about 10 MiB in huge pages (Python's heap, those buffers); read in, more than the weights
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_embd=256, n_head=4, n_layer=4, n_ff=1024)
+    with RunnerProcess(model, "--ctx-size", "256", "--threads", "2", by_hand=True) as runner:
         env = _environ(runner.proc.pid)
         huge = hugepages.huge_bytes(runner.proc.pid)
+        weights = httpx.get(runner.url + "/props").json()["memory"]["model"]
         answer = httpx.post(runner.url + "/completion", json={"prompt": "a b", "n_predict": 4}).json()
-        loaded = next(line for line in runner.proc.stderr if line.startswith("model loaded"))  # type: ignore[union-attr]
+        loaded = _loaded_line(runner)
     assert answer["tokens_predicted"] == 4
     assert hugepages.has_tunable(env) is HERE_SUPPORTED
     assert ("read into memory" in loaded) is HERE_SUPPORTED
-    assert (huge >= 2 << 20) is HERE_SUPPORTED, loaded
+    if HERE_SUPPORTED:  # a kernel that gives huge pages unasked ("always") may do so anyway where glibc cannot
+        assert huge >= weights > 16 << 20, loaded
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -182,7 +246,7 @@ def test_loam_huge_pages_0_keeps_the_file_mapped(tmp_path: Path, monkeypatch: py
     model = write_tiny_llama(tmp_path / "tiny.gguf")
     with RunnerProcess(model, "--ctx-size", "256", "--threads", "2", by_hand=True) as runner:
         env = _environ(runner.proc.pid)
-        loaded = next(line for line in runner.proc.stderr if line.startswith("model loaded"))  # type: ignore[union-attr]
+        loaded = _loaded_line(runner)
     assert not hugepages.has_tunable(env) and "LOAM_HUGE_PAGES_EXEC" not in env
     assert loaded.startswith("model loaded (mmap,"), loaded
 
@@ -190,12 +254,13 @@ def test_loam_huge_pages_0_keeps_the_file_mapped(tmp_path: Path, monkeypatch: py
 def test_greedy_text_is_the_same_read_into_huge_pages_or_mapped(
     smollm2_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same bytes at other addresses: SmolLM2's greedy tokens match token for token."""
+    """The same bytes at other addresses: SmolLM2's greedy tokens match token for token, read into
+    memory (in huge pages where this machine has them) or mapped."""
     monkeypatch.delenv("LOAM_HUGE_PAGES", raising=False)
     model = BlobStore(smollm2_store).path("sha256:" + SMOLLM2_SHA256)
     body = {"prompt": "Write a short story about a lighthouse.", "n_predict": 48, "temperature": 0}
     answers = []
-    for flags in ((), ("--load-mode", "mmap")):
+    for flags in (("--load-mode", "none"), ("--load-mode", "mmap")):
         with RunnerProcess(model, "--ctx-size", "512", "--threads", "2", *flags) as runner:
             answers.append(runner.complete(**body, ignore_eos=True)["tokens"])
     assert len(answers[0]) == 48 and answers[0] == answers[1]

@@ -272,6 +272,29 @@ def parse_rocm_smi(text: str) -> list[GPU]:
     return sorted(gpus, key=lambda g: g.index)
 
 
+def cgroup_free(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes this process's cgroup may still take under its memory limit (v2 memory.max, or v1's
+    memory.limit_in_bytes); None where it has no limit or the kernel does not say."""
+    for line in (_read_text(proc_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2's one hierarchy
+            folder, files = cgroup_root / path.strip().lstrip("/"), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            folder, files = cgroup_root / "memory" / path.strip().lstrip("/"), (
+                "memory.limit_in_bytes", "memory.usage_in_bytes")  # fmt: skip
+        else:
+            continue
+        limit, used = (_read_text(folder / name) or "" for name in files)
+        if limit.strip().isdigit() and used.strip().isdigit() and int(limit) < 1 << 60:  # v1's "no limit" is near 2**63
+            return max(0, int(limit) - int(used))
+    return None
+
+
 def system_ram() -> tuple[int, int]:
     """(total, available) bytes of RAM: /proc/meminfo on Linux, sysctl/vm_stat on macOS, else sysconf."""
     meminfo = _read_text(Path("/proc/meminfo"))

@@ -22,7 +22,8 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-TUNABLE = "glibc.malloc.hugetlb=1"
+_NAME = "glibc.malloc.hugetlb"
+TUNABLE = f"{_NAME}=1"
 #: Set to 0 to keep the runner's memory in ordinary pages (and the model file memory-mapped).
 OPT_OUT = "LOAM_HUGE_PAGES"
 #: Marks a process that already started itself again, so a C library that ignores the tunable causes no loop.
@@ -63,14 +64,21 @@ def wanted(env: Mapping[str, str]) -> bool:
     return env.get(OPT_OUT, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def hugetlb_setting(env: Mapping[str, str]) -> str | None:
+    """The value `GLIBC_TUNABLES` gives glibc.malloc.hugetlb (the last one, as glibc reads them), or None."""
+    values = [t.partition("=")[2] for t in env.get("GLIBC_TUNABLES", "").split(":") if t.startswith(_NAME + "=")]
+    return values[-1] if values else None
+
+
 def has_tunable(env: Mapping[str, str]) -> bool:
-    return TUNABLE in env.get("GLIBC_TUNABLES", "").split(":")
+    """Whether malloc's large blocks go to huge pages under `env`: transparent ones (1) or hugetlbfs ones (2)."""
+    return hugetlb_setting(env) in ("1", "2")
 
 
 def with_tunable(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` plus the tunable, keeping any other glibc tunables it sets."""
+    """`env` plus the tunable, keeping any other glibc tunables it sets; a hugetlb setting of the user's stays."""
     out = dict(env)
-    if not has_tunable(out):
+    if hugetlb_setting(out) is None:
         out["GLIBC_TUNABLES"] = ":".join(filter(None, [out.get("GLIBC_TUNABLES", ""), TUNABLE]))
     return out
 
@@ -99,7 +107,9 @@ def restart_with_tunable(
     Returns False when there is nothing to do (execve does not return).
     """
     env = os.environ if env is None else env
-    if env.get(_REEXECED) or has_tunable(env) or not wanted(env) or not supported(thp_mode(), glibc_version()):
+    if env.get(_REEXECED) or hugetlb_setting(env) is not None or not wanted(env):
+        return False  # already restarted, the user's own setting stands, or turned off
+    if not supported(thp_mode(), glibc_version()):
         return False
     try:
         execve(sys.executable, argv or list(sys.orig_argv), {**with_tunable(env), _REEXECED: "1"})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import llama_cpp as llama
 
-from app.hardware.devices import system_ram
+from app.hardware.devices import cgroup_free, system_ram
 from app.runner import hugepages
 from app.runner.options import RunnerOptions
 
@@ -205,17 +205,24 @@ def _load_model(options: RunnerOptions, mode: str, on_progress: Callable[[float]
 
 
 def resolve_load_mode(
-    options: RunnerOptions, file_size: int, huge_pages: bool | None = None, available: int | None = None
+    options: RunnerOptions,
+    file_size: int,
+    huge_pages: bool | None = None,
+    available: int | None = None,
+    gpu_build: bool | None = None,
 ) -> str:
     """How the model file is read: "auto" becomes "none" (read into memory) where that memory takes huge pages
-    (app.runner.hugepages), every layer runs on the CPU, and a copy of the file fits in the available RAM with
-    a quarter and 512 MiB to spare; "mmap", llama.cpp's own default, otherwise."""
+    (app.runner.hugepages), llama.cpp has no GPU backend (which would put read-in weights in pinned host
+    memory instead) and a copy of the file fits in the available RAM (or the cgroup's limit) with a quarter
+    and 512 MiB to spare; otherwise "mmap", as llama-server maps by default."""
     if options.load_mode != "auto":
         return options.load_mode
     huge_pages = hugepages.active() if huge_pages is None else huge_pages
-    if not huge_pages or options.n_gpu_layers != 0:
+    gpu_build = bool(llama.llama_supports_gpu_offload()) if gpu_build is None else gpu_build
+    if not huge_pages or gpu_build or options.n_gpu_layers != 0:
         return "mmap"
-    available = system_ram()[1] if available is None else available
+    if available is None:
+        available = min(system_ram()[1], cgroup_free() or sys.maxsize)
     return "none" if file_size + file_size // 4 + (512 << 20) <= available else "mmap"
 
 

@@ -98,12 +98,12 @@ class Loaded:
 
 def load_mode_args(use_mmap: bool | None, use_mlock: bool) -> list[str]:
     """llama-server's --load-mode (which loam's runner takes too) for Ollama's use_mmap and use_mlock;
-    nothing when both are left to the runner. mlock without a say on mapping reads into locked memory."""
+    nothing when both are left to the runner. mlock without a say on mapping locks the mapped file, as before."""
     if use_mmap is None and not use_mlock:
         return []
-    mode = "mmap" if use_mmap else "none"
+    mode = "none" if use_mmap is False else "mmap"
     if use_mlock:
-        mode = "mmap+mlock" if use_mmap else "mlock"
+        mode = "mlock" if use_mmap is False else "mmap+mlock"
     return ["--load-mode", mode]
 
 
