@@ -264,3 +264,17 @@ def test_greedy_text_is_the_same_read_into_huge_pages_or_mapped(
         with RunnerProcess(model, "--ctx-size", "512", "--threads", "2", *flags) as runner:
             answers.append(runner.complete(**body, ignore_eos=True)["tokens"])
     assert len(answers[0]) == 48 and answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("value", ["bogus", "", "MMAP", "mmap+"])
+def test_a_load_mode_that_does_not_exist_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["-m", "m.gguf", "--load-mode", value])
+    assert exit_.value.code == 2 and "--load-mode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tunables", ["::", "=", "glibc.malloc.hugetlb", "glibc.malloc.hugetlbx=1", ":=1:"])
+def test_garbled_glibc_tunables_name_no_hugetlb_setting(tunables: str) -> None:
+    env = {"GLIBC_TUNABLES": tunables}
+    assert hugepages.hugetlb_setting(env) is None and not hugepages.has_tunable(env)
+    assert hugepages.with_tunable(env)["GLIBC_TUNABLES"].endswith(":glibc.malloc.hugetlb=1")
