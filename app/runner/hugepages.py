@@ -64,6 +64,11 @@ def wanted(env: Mapping[str, str]) -> bool:
     return env.get(OPT_OUT, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def offered(env: Mapping[str, str]) -> bool:
+    """Whether huge pages are wanted under `env` and this kernel and C library can give them."""
+    return wanted(env) and supported(thp_mode(), glibc_version())
+
+
 def hugetlb_setting(env: Mapping[str, str]) -> str | None:
     """The value `GLIBC_TUNABLES` gives glibc.malloc.hugetlb (the last one, as glibc reads them), or None."""
     values = [t.partition("=")[2] for t in env.get("GLIBC_TUNABLES", "").split(":") if t.startswith(_NAME + "=")]
@@ -86,14 +91,12 @@ def with_tunable(env: Mapping[str, str]) -> dict[str, str]:
 def active(env: Mapping[str, str] | None = None) -> bool:
     """Whether this process's large allocations go to huge pages (the tunable was set when it started)."""
     env = os.environ if env is None else env
-    return wanted(env) and has_tunable(env) and supported(thp_mode(), glibc_version())
+    return has_tunable(env) and offered(env)
 
 
 def child_environ(env: Mapping[str, str]) -> dict[str, str]:
     """The environment to start a runner with: the tunable added where it would take effect."""
-    if wanted(env) and supported(thp_mode(), glibc_version()):
-        return with_tunable(env)
-    return dict(env)
+    return with_tunable(env) if offered(env) else dict(env)
 
 
 def restart_with_tunable(
@@ -107,10 +110,8 @@ def restart_with_tunable(
     Returns False when there is nothing to do (execve does not return).
     """
     env = os.environ if env is None else env
-    if env.get(_REEXECED) or hugetlb_setting(env) is not None or not wanted(env):
-        return False  # already restarted, the user's own setting stands, or turned off
-    if not supported(thp_mode(), glibc_version()):
-        return False
+    if env.get(_REEXECED) or hugetlb_setting(env) is not None or not offered(env):
+        return False  # already restarted, the user's own setting stands, or nothing to gain
     try:
         execve(sys.executable, argv or list(sys.orig_argv), {**with_tunable(env), _REEXECED: "1"})
     except OSError as e:  # the interpreter cannot be started again: serve from ordinary pages

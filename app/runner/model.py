@@ -78,7 +78,7 @@ class Model:
         llama.llama_backend_init()
         self.options = options
         #: How the file was read: none (into memory), mmap (mapped) or dio.
-        self.load_mode = _check_file(options)
+        self.load_mode = resolve_load_mode(options, _check_file(options))
         self.model = _load_model(options, self.load_mode, on_progress)
         self.vocab = llama.llama_model_get_vocab(self.model)
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
@@ -171,15 +171,15 @@ class Model:
         llama.llama_model_free(self.model)
 
 
-def _check_file(options: RunnerOptions) -> str:
-    """How to read the model file; LoadError if it is missing or not GGUF."""
+def _check_file(options: RunnerOptions) -> int:
+    """The model file's size; LoadError if it is missing or not GGUF."""
     path = Path(options.model)
     if not path.is_file():
         raise LoadError("missing", f"model file {path} does not exist")
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise LoadError("bad_model", f"{path} is not a GGUF model file")
-    return resolve_load_mode(options, path.stat().st_size)
+    return path.stat().st_size
 
 
 def _load_model(options: RunnerOptions, mode: str, on_progress: Callable[[float], None]) -> llama.llama_model_p:
