@@ -1,4 +1,6 @@
-"""The TUI's client of the loam server's API, on httpx and asyncio, so the UI never waits on the network.
+"""The TUI's client of the loam server's API, on asyncio, so the UI never waits on the network.
+
+Short calls go through httpx; streams (answers, pulls, creates) through app/http11_async.py.
 
 It makes the same calls as app/client.py's `Client` and raises the same errors;
 request bodies are checked against app/api.py before they are sent.
@@ -6,28 +8,16 @@ request bodies are checked against app/api.py before they are sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from app import config
-from app.client import CONNECT_TIMEOUT, ServerError, chat_body, error_of, parse_chunk, unavailable
-from app.errors import LoamError
-
-#: Connecting must be quick; reading may wait through a model load, so it has no limit.
-STREAM_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=None)
-
-
-def _stream_failure(error: Exception, host: str) -> LoamError:
-    """The one-line error for a stream that broke: no server, a dropped connection, or a line that is not JSON."""
-    if isinstance(error, httpx.ConnectError):
-        return unavailable(host)
-    if isinstance(error, httpx.RemoteProtocolError):
-        return ServerError(f"the server closed the connection mid-answer ({error}); see its log")
-    if isinstance(error, httpx.HTTPError):
-        return ServerError(f"talking to the server at {host} failed: {error or type(error).__name__}")
-    return ServerError(f"the server at {host} sent a line that is not JSON: {error}")
+from app import __version__, config
+from app.client import CONNECT_TIMEOUT, ServerError, broken_stream, chat_body, error_of, parse_chunk, unavailable
+from app.http11 import ProtocolError
+from app.http11_async import Stream, Unreachable
 
 
 class AsyncClient:
@@ -57,17 +47,32 @@ class AsyncClient:
             return False
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST `body` and yield the NDJSON chunks; closing the generator cancels the work on the server."""
+        """POST `body` and yield the NDJSON chunks; closing the generator cancels the work on the server.
+
+        Read straight off an asyncio connection (app/http11_async.py): this is the chat's per-token path.
+        """
+        headers = {"User-Agent": f"loam/{__version__}", "Content-Type": "application/json"}
+        payload = json.dumps(body).encode()
+        reply = Stream(
+            self.host, "POST", path, payload, headers=headers, connect_timeout=CONNECT_TIMEOUT, read_timeout=None
+        )
         try:
-            async with self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as response:
-                if response.status_code >= 400:
-                    raise error_of(response.status_code, response.reason_phrase, await response.aread())
-                async for line in response.aiter_lines():
-                    item = parse_chunk(line)
-                    if item is not None:
-                        yield item
-        except (httpx.HTTPError, ValueError) as e:
-            raise _stream_failure(e, self.host) from None
+            await reply.open()
+        except Unreachable:
+            raise unavailable(self.host) from None
+        except (OSError, ProtocolError) as e:
+            raise ServerError(f"talking to the server at {self.host} failed: {e or type(e).__name__}") from None
+        try:
+            if reply.status >= 400:
+                raise error_of(reply.status, reply.reason, await reply.read())
+            async for line in reply.lines():
+                item = parse_chunk(line)
+                if item is not None:
+                    yield item
+        except (OSError, ProtocolError, ValueError) as e:
+            raise broken_stream(e, self.host) from None
+        finally:
+            reply.close()
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> AsyncIterator[dict[str, Any]]:
         return self.stream("/api/chat", chat_body(model, messages, **kw))

@@ -64,6 +64,13 @@ def error_of(status: int, reason: str, body: bytes) -> ServerError:
     return ServerError(str(message).strip(), status)
 
 
+def broken_stream(error: Exception, host: str) -> ServerError:
+    """The one-line error for a stream that broke: a dropped connection, or a line that is not JSON (ValueError)."""
+    if isinstance(error, ValueError):
+        return ServerError(f"the server at {host} sent a line that is not JSON: {error}")
+    return ServerError(f"the server closed the connection mid-answer ({error or type(error).__name__}); see its log")
+
+
 def parse_chunk(line: str | bytes) -> dict[str, Any] | None:
     """One NDJSON line as a dict; an `error` line raises, as Ollama's clients do."""
     if not line.strip():
@@ -192,11 +199,8 @@ class Client:
                 item = parse_chunk(line)
                 if item is not None:
                     yield item
-        except (OSError, http11.ProtocolError) as e:
-            cause = e or type(e).__name__
-            raise ServerError(f"the server closed the connection mid-answer ({cause}); see its log") from None
-        except ValueError as e:
-            raise ServerError(f"the server at {self.host} sent a line that is not JSON: {e}") from None
+        except (OSError, http11.ProtocolError, ValueError) as e:
+            raise broken_stream(e, self.host) from None
         finally:
             response.close()
 

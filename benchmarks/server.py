@@ -13,8 +13,9 @@ total duration is subtracted: what remains is ask's start-up, its HTTP round
 trip and its printing. Last, the same 256-token answer is asked for by `loam
 ask` and by the chat TUI (headless under Textual's Pilot, stats panel shown,
 in a child process like ask), alternating; the server's eval rate of each is
-compared: the chat's drawing shares the two cores with the model. Prints
-medians and ratios.
+compared: the chat's drawing shares the two cores with the model. The chat
+asks once its start-up work is done (it loads the request models in the
+background while the user types). Prints medians and ratios.
 
 The commands run from this checkout, whose modules are byte-compiled first, as
 `pip install .` does for an installed loam: otherwise, where
@@ -104,6 +105,7 @@ async def main(model, prompt, options):
     async with app.run_test(size=(120, 40)) as pilot:
         while app.client is None or app.session is None:
             await pilot.pause(0.05)
+        await app.workers.wait_for_complete()  # start-up's imports, done before anyone has typed a question
         await app.update_session(options=options)
         box = app.query_one(PromptInput)
         box.focus()

@@ -1,15 +1,24 @@
-"""The CLI's client on faults a real loam server does not produce on demand: a raw socket server stands in."""
+"""The clients on faults a real loam server does not produce on demand: a raw socket server stands in.
+
+Each streaming case runs against both clients: the CLI's (app/client.py, a
+plain socket) and the TUI's (app/async_client.py, an asyncio connection).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from app.async_client import AsyncClient
 from app.client import Client, ServerError, ServerUnavailable
+from app.errors import LoamError
 from tests.runner_process import free_port
 
 
@@ -53,26 +62,57 @@ def raw() -> Iterator[type[RawServer]]:
         server.close()
 
 
+CLIENTS = ["sync", "async"]
+
+
+def answer(kind: str, host: str, model: str = "m", **kw: Any) -> tuple[list[dict[str, Any]], LoamError | None]:
+    """The chunks one client yields for a chat, and the error that ended them (None when none did)."""
+    chunks: list[dict[str, Any]] = []
+    messages = [{"role": "user", "content": "hi"}]
+    if kind == "sync":
+        try:
+            chunks.extend(Client(host).chat(model, messages, **kw))
+        except LoamError as e:
+            return chunks, e
+        return chunks, None
+
+    async def run() -> LoamError | None:
+        client = AsyncClient(host)
+        try:
+            async for chunk in client.chat(model, messages, **kw):
+                chunks.append(chunk)
+        except LoamError as e:
+            return e
+        finally:
+            await client.aclose()
+        return None
+
+    return chunks, asyncio.run(run())
+
+
 def chunked(*lines: bytes) -> bytes:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
     return head + b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
 
 
-def test_streamed_lines_arrive_as_chunks_and_the_body_is_json(raw) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_streamed_lines_arrive_as_chunks_and_the_body_is_json(raw, kind: str) -> None:
     done = b'{"done": true, "eval_count": 2, "eval_duration": 1e6}\n'
     server = raw(chunked(b'{"message": {"content": "a"}}\n{"message"', b': {"content": "b"}}\n', done, b""))
-    chunks = list(Client(server.host).chat("m", [{"role": "user", "content": "hi"}], options={"seed": 1}))
+    chunks, error = answer(kind, server.host, options={"seed": 1})
+    assert error is None
     assert [c.get("message", {}).get("content") for c in chunks] == ["a", "b", None]
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     assert head.startswith(b"POST /api/chat HTTP/1.1") and b"Content-Type: application/json" in head
+    assert f"Host: {server.host}".encode() in head
 
 
-def test_a_connection_dropped_mid_answer_is_one_line(raw) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_connection_dropped_mid_answer_is_one_line(raw, kind: str) -> None:
     server = raw(chunked(b'{"message": {"content": "a"}}\n')[:-2])  # no last chunk: the server went away
-    stream = Client(server.host).chat("m", [])
-    assert next(stream)["message"]["content"] == "a"
-    with pytest.raises(ServerError, match="closed the connection mid-answer"):
-        next(stream)
+    chunks, error = answer(kind, server.host)
+    assert [c["message"]["content"] for c in chunks] == ["a"]
+    assert isinstance(error, ServerError) and "closed the connection mid-answer" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -85,19 +125,22 @@ def test_a_connection_dropped_mid_answer_is_one_line(raw) -> None:
         (b"[1, 2]\n", "not JSON"),
     ],
 )
-def test_bad_lines_are_one_line_errors(raw, line: bytes, message: str) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_bad_lines_are_one_line_errors(raw, line: bytes, message: str, kind: str) -> None:
     server = raw(chunked(line, b""))
-    with pytest.raises(ServerError, match=message):
-        list(Client(server.host).chat("m", []))
+    _, error = answer(kind, server.host)
+    assert isinstance(error, ServerError)
+    assert re.search(message, str(error)), error
 
 
 def test_an_error_status_carries_the_servers_message(raw) -> None:
     body = b'{"error": "model \\"x\\" not found, try pulling it first"}'
     reply = b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     server = raw(reply)
-    with pytest.raises(ServerError, match='^model "x" not found') as e:
-        list(Client(server.host).chat("x", []))
-    assert e.value.status == 404
+    for kind in CLIENTS:
+        _, error = answer(kind, server.host, "x")
+        assert isinstance(error, ServerError) and str(error).startswith('model "x" not found'), error
+        assert error.status == 404
     with pytest.raises(ServerError) as shown:
         Client(server.host).show("x")
     assert shown.value.status == 404
@@ -106,8 +149,9 @@ def test_an_error_status_carries_the_servers_message(raw) -> None:
 def test_no_server_is_unavailable_and_answers_is_false() -> None:
     host = f"127.0.0.1:{free_port()}"
     assert not Client(host).answers()
-    with pytest.raises(ServerUnavailable, match=f"no loam server answers at {host}"):
-        list(Client(host).chat("m", []))
+    for kind in CLIENTS:
+        _, error = answer(kind, host)
+        assert isinstance(error, ServerUnavailable) and f"no loam server answers at {host}" in str(error)
     with pytest.raises(ServerUnavailable):
         Client(host).tags()
 
@@ -134,9 +178,9 @@ def test_no_server_is_unavailable_and_answers_is_false() -> None:
 def test_a_reply_that_is_not_http_is_a_one_line_server_error(raw, reply: bytes) -> None:
     server = raw(reply)
     assert Client(server.host).answers() in (True, False)  # whatever came back, no exception
-    with pytest.raises(ServerError) as e:
-        list(Client(server.host).chat("m", []))
-    assert "\n" not in str(e.value)
+    for kind in CLIENTS:
+        _, error = answer(kind, server.host)
+        assert isinstance(error, ServerError) and "\n" not in str(error), (kind, error)
     with pytest.raises(ServerError):
         Client(server.host).tags()
 
@@ -157,8 +201,7 @@ def test_fuzzed_replies_end_in_chunks_or_a_server_error(raw) -> None:
             else:
                 data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         server = raw(bytes(data))
-        try:
-            for chunk in Client(server.host).chat("m", []):
-                assert isinstance(chunk, dict)
-        except ServerError as e:
-            assert "\n" not in str(e)
+        for kind in CLIENTS:
+            chunks, error = answer(kind, server.host)
+            assert all(isinstance(chunk, dict) for chunk in chunks)
+            assert error is None or (isinstance(error, ServerError) and "\n" not in str(error)), (kind, error)

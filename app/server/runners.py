@@ -33,6 +33,8 @@ import httpx
 
 from app import config
 from app.errors import LoamError
+from app.http11 import ProtocolError
+from app.http11_async import Stream
 from app.runner import hugepages
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +100,8 @@ class Runner:
         self.timeout = timeout
         self.stop_grace = stop_grace
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
         self.log_path = log_dir / f"runner-{self.port}.log"
         self.argv = command.argv(model, self.port, args)
         env = {
@@ -234,16 +237,18 @@ class Runner:
 
     async def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream /completion chunks; RunnerError if the runner dies or answers with an error."""
+        # return_progress: both send prompt progress chunks; loam's runner also a comment while it waits.
+        payload = json.dumps({**body, "stream": True, "return_progress": True}).encode()
+        read = self.timeout if self.timeout > 0 else None
         try:
-            # return_progress: both send prompt progress chunks; loam's runner also a comment while it waits.
-            async with self.client.stream(
-                "POST", "/completion", json={**body, "stream": True, "return_progress": True}
+            headers = {"Content-Type": "application/json"}
+            async with Stream(
+                self.host, "POST", "/completion", payload, headers=headers, connect_timeout=10.0, read_timeout=read
             ) as r:
-                if r.status_code != 200:
-                    await r.aread()
-                    raise RunnerError(_error_text(r), "request")
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: "):
+                if r.status != 200:
+                    raise RunnerError(_error_text(_json_or_text(await r.read(), r.status)), "request")
+                async for line in r.lines():
+                    if not line.startswith(b"data: "):
                         continue  # the blank line ending an event, or a ": progress" comment
                     chunk = json.loads(line[6:])
                     if "error" in chunk:
@@ -253,9 +258,9 @@ class Runner:
                     yield chunk
                     if chunk.get("stop"):
                         return
-        except httpx.ReadTimeout as e:
+        except TimeoutError as e:
             raise await self._wedged() from e
-        except httpx.TransportError as e:
+        except (OSError, ProtocolError) as e:
             for _ in range(40):  # a dropped connection usually means the process is dying: let its status land
                 if not self.alive:
                     break
@@ -301,6 +306,14 @@ class Runner:
         if self.alive:
             self.proc.kill()
             self.proc.wait()
+
+
+def _json_or_text(body: bytes, status: int) -> Any:
+    """A runner's error body as JSON, else as its text (or its status when empty)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip() or f"runner answered {status}"
 
 
 def _error_text(source: httpx.Response | dict[str, Any]) -> str:
