@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from app import config
 from app.client import Client, ServerError, ensure_server
@@ -18,9 +17,8 @@ from app.stats import Stats, verbose_lines
 from app.store.parameters import ParameterError, coerce
 
 
-@dataclass
-class Question:
-    """What `loam ask` was asked, after reading its arguments and stdin."""
+class Question(NamedTuple):
+    """What `loam ask` was asked, after reading its arguments and stdin (a NamedTuple: see app.stats.Stats)."""
 
     prompt: str
     model: str
@@ -29,9 +27,9 @@ class Question:
     keep_alive: str | None = None
     stream: bool = True
     verbose: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    tools: list[str] = field(default_factory=list)
-    mcp: list[str] = field(default_factory=list)
+    options: dict[str, Any] = {}  # the defaults are shared: never changed in place
+    tools: list[str] = []
+    mcp: list[str] = []
     yes: bool = False
 
     def messages(self) -> list[dict[str, str]]:
