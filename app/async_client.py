@@ -23,8 +23,10 @@ from app.http11_async import Stream, Unreachable
 class AsyncClient:
     """The same calls for the TUI, on asyncio, so the UI never waits on the network."""
 
-    def __init__(self, host: str | None = None, timeout: float | None = 30.0) -> None:
+    def __init__(self, host: str | None = None, timeout: float | None = 30.0, read_gap: float = 0.0) -> None:
+        """`read_gap`: seconds an answer's stream is left alone after each read (app/http11_async.py's Stream)."""
         self.host = host or config.host()
+        self.read_gap = read_gap
         self.http = httpx.AsyncClient(base_url=f"http://{self.host}", timeout=timeout)
 
     async def aclose(self) -> None:
@@ -46,16 +48,15 @@ class AsyncClient:
         except httpx.HTTPError:
             return False
 
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, path: str, body: dict[str, Any], read_gap: float = 0.0) -> AsyncIterator[dict[str, Any]]:
         """POST `body` and yield the NDJSON chunks; closing the generator cancels the work on the server.
 
         Read straight off an asyncio connection (app/http11_async.py): this is the chat's per-token path.
         """
         headers = {"User-Agent": f"loam/{__version__}", "Content-Type": "application/json"}
         payload = json.dumps(body).encode()
-        reply = Stream(
-            self.host, "POST", path, payload, headers=headers, connect_timeout=CONNECT_TIMEOUT, read_timeout=None
-        )
+        timeouts = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": None}
+        reply = Stream(self.host, "POST", path, payload, headers=headers, read_gap=read_gap, **timeouts)
         try:
             await reply.open()
         except Unreachable:
@@ -75,7 +76,7 @@ class AsyncClient:
             reply.close()
 
     def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> AsyncIterator[dict[str, Any]]:
-        return self.stream("/api/chat", chat_body(model, messages, **kw))
+        return self.stream("/api/chat", chat_body(model, messages, **kw), self.read_gap)
 
     def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
         return self.stream("/api/pull", {"model": name, "stream": True})

@@ -92,10 +92,11 @@ async def lines_from(handler: Handler, read_timeout: float | None = None) -> tup
 
 def sender(*parts: bytes, pause: float = 0.0) -> Handler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for part in parts:
+        for i, part in enumerate(parts):
+            if i and pause:
+                await asyncio.sleep(pause)
             writer.write(part)
             await writer.drain()
-            await asyncio.sleep(pause)
 
     return handler
 
@@ -167,3 +168,26 @@ def test_nothing_listening_is_unreachable(host: Callable[[], str]) -> None:
 
     with pytest.raises(Unreachable, match="no connection to"):
         asyncio.run(run())
+
+
+def test_a_read_gap_takes_what_arrived_meanwhile_in_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With read_gap the socket is left alone between reads: ten lines sent 5 ms apart come in two reads."""
+    lines = [b"data: %d" % i for i in range(10)]
+    events = [encode(line + b"\n")[:-5] for line in lines]  # one chunk each, the last chunk sent at the end
+    handler = sender(HEAD + events[0], *events[1:], b"0\r\n\r\n", pause=0.005)
+    reads: list[bytes] = []
+    real_read = Stream._read
+
+    async def counted(self: Stream) -> bytes:
+        reads.append(await real_read(self))
+        return reads[-1]
+
+    monkeypatch.setattr(Stream, "_read", counted)
+
+    async def run(gap: float) -> list[bytes]:
+        server, host = await serve(handler)
+        async with server, Stream(host, "GET", "/", None, connect_timeout=5, read_timeout=None, read_gap=gap) as r:
+            return [line async for line in r.lines()]
+
+    assert asyncio.run(run(2.0)) == lines
+    assert len([data for data in reads if data]) <= 2, reads

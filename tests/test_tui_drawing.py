@@ -115,3 +115,11 @@ def test_few_cores_draw_once_a_second_more_cores_four_times() -> None:
 
     assert draw_interval(2) == 1.0 and draw_interval(4) == 1.0
     assert draw_interval(8) == 0.25
+
+
+def test_few_cores_take_an_answers_tokens_in_batches_more_cores_as_they_come() -> None:
+    """On few cores the chat reads its stream a tenth of a second apart, not waking for every token."""
+    from app.tui.chat import read_gap
+
+    assert read_gap(2) == 0.1 and read_gap(4) == 0.1
+    assert read_gap(8) == 0.0

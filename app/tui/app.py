@@ -27,6 +27,7 @@ from app.client import ensure_server
 from app.errors import LoamError
 from app.history import History, Session
 from app.tui import keys
+from app.tui.chat import read_gap
 from app.tui.chat_screen import ChatScreen
 from app.tui.themes import DEFAULT_THEME, discover, save_theme, saved_theme
 from app.tui.tools import ChatTools
@@ -105,7 +106,7 @@ class LoamApp(App[None]):
             self.chat.update_bar()
             await self.chat.post_note(str(e), "error")
             return
-        client = AsyncClient(host)
+        client = AsyncClient(host, read_gap=read_gap())
         self.server_state = "connected" if await client.answers() else f"no server at {host}"
         self.client = client
         self.chat.update_bar()

@@ -60,6 +60,18 @@ def draw_interval(cores: int | None = None) -> float:
     return 1.0 if cores <= FEW_CORES else 0.25
 
 
+def read_gap(cores: int | None = None) -> float:
+    """Seconds the chat leaves an answer's stream alone after each read, on a machine with `cores` cores.
+
+    Where the model's threads have every core, waking for each token (a
+    hundred times a second or more) takes a core from them each time; paused
+    between reads, the stream's tokens wait in the socket and come in one
+    wakeup, a tenth of a second's worth, well inside the time between draws.
+    """
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return 0.1 if cores <= FEW_CORES else 0.0
+
+
 #: A streaming answer is drawn at most this often...
 DRAW_INTERVAL = draw_interval()
 #: ...and at least this often, however long a frame takes...
