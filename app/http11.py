@@ -121,7 +121,7 @@ class ChunkedDecoder:
         return out
 
     def _line(self) -> bytes | None:
-        end = self._buffer.find(b"\n")
+        end = self._buffer.find(b"\n", 0, MAX_LINE + 1)
         if end < 0:
             if len(self._buffer) > MAX_LINE:
                 raise ProtocolError(f"a line longer than {MAX_LINE} bytes")

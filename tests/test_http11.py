@@ -45,6 +45,7 @@ def test_chunks_decode_the_same_however_the_bytes_are_split() -> None:
         (b"%x\r\n" % (MAX_CHUNK + 1), "more than this client takes"),
         (b"2\r\n{}xx\r\n0\r\n\r\n", "longer than its size said"),
         (b"1" * (MAX_LINE + 2), "a line longer than"),
+        (b"1" * (MAX_LINE + 2) + b"\r\n", "a line longer than"),  # its end in the same piece
         (b"0\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n", "trailers"),
     ],
 )
