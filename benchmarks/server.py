@@ -15,7 +15,9 @@ ask` and by the chat TUI (headless under Textual's Pilot, stats panel shown,
 in a child process like ask), alternating; the server's eval rate of each is
 compared: the chat's drawing shares the two cores with the model. The chat
 asks once its start-up work is done (it loads the request models in the
-background while the user types). Prints medians and ratios.
+background while the user types), and while it answers the harness only
+sleeps: Pilot's pause would force a screen update each time. Prints medians
+and ratios.
 
 The commands run from this checkout, whose modules are byte-compiled first, as
 `pip install .` does for an installed loam: otherwise, where
@@ -112,10 +114,12 @@ async def main(model, prompt, options):
         box.text = prompt
         cpu = time.process_time()
         await pilot.press("enter")
+        # Plain sleeps from here: Pilot.pause would make every widget answer a callback and force a
+        # screen update each time, work the chat does not do for a user and the model would pay for.
         while not app.answering:
-            await pilot.pause(0.01)
-        while app.answering:  # a cheap check: querying the screen while it streams would cost the model
-            await pilot.pause(0.25)
+            await asyncio.sleep(0.01)
+        while app.answering:
+            await asyncio.sleep(0.25)
         done = [v for v in app.query(MessageView) if v.role == "assistant" and v.stats]
         errors = [v.content for v in app.query(MessageView) if v.role == "error"]
         if not done:
