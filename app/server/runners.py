@@ -218,7 +218,7 @@ class Runner:
         if r.status_code == 404:
             raise RunnerError("scoring needs loam's runner; this runner (llama-server) has no /score", "request")
         if r.status_code != 200:
-            raise RunnerError(_error_text(r), "request")
+            raise RunnerError(_reply_error(r.content, r.status_code), "request")
         if not body.get("distribution"):
             return r.json()
         import numpy as np  # only distributions need it
@@ -246,7 +246,7 @@ class Runner:
                 self.host, "POST", "/completion", payload, headers=headers, connect_timeout=10.0, read_timeout=read
             ) as r:
                 if r.status != 200:
-                    raise RunnerError(_error_text(_json_or_text(await r.read(), r.status)), "request")
+                    raise RunnerError(_reply_error(await r.read(), r.status), "request")
                 async for line in r.lines():
                     if not line.startswith(b"data: "):
                         continue  # the blank line ending an event, or a ": progress" comment
@@ -276,7 +276,7 @@ class Runner:
         except httpx.TransportError as e:
             raise self.failure() if not self.alive else RunnerError(f"lost the runner: {e}") from e
         if r.status_code != 200:
-            raise RunnerError(_error_text(r), "request")
+            raise RunnerError(_reply_error(r.content, r.status_code), "request")
         return r.json()
 
     async def _wedged(self) -> RunnerError:
@@ -308,21 +308,17 @@ class Runner:
             self.proc.wait()
 
 
-def _json_or_text(body: bytes, status: int) -> Any:
-    """A runner's error body as JSON, else as its text (or its status when empty)."""
+def _reply_error(body: bytes, status: int) -> str:
+    """A runner's error reply as one line: its JSON error's message, else its text, else its status."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except ValueError:
         return body.decode("utf-8", "replace").strip() or f"runner answered {status}"
+    return _error_text(data)
 
 
-def _error_text(source: httpx.Response | dict[str, Any]) -> str:
-    data: Any = source
-    if isinstance(source, httpx.Response):
-        try:
-            data = source.json()
-        except ValueError:
-            return source.text.strip() or f"runner answered {source.status_code}"
+def _error_text(data: Any) -> str:
+    """The message of llama-server's error shape (`{"error": {"message"}}`), or of a plain `{"error": text}`."""
     error = data.get("error") if isinstance(data, dict) else data
     if isinstance(error, dict):
         return str(error.get("message", error))
