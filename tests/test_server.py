@@ -377,3 +377,15 @@ def test_runners_do_not_outlive_a_killed_server(models: Path, tmp_path: Path) ->
                 break
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_uvicorn_takes_httptools_for_the_server_and_runners() -> None:
+    """loam depends on httptools: uvicorn's writer with it costs the server less CPU a streamed token than h11's."""
+    import uvicorn
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("never called")
+
+    config = uvicorn.Config(app)
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
