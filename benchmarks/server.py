@@ -7,7 +7,9 @@ runner (4096 context, 1 slot, 2 threads): loam's runner alone, llama-server,
 and `loam serve` (which starts its own runner). Each streams the same greedy
 256-token answer (end tokens ignored), rounds interleaved and each side taking
 its turn first; the client times
-from the first streamed token to the last. Then a warm `loam ask --verbose`
+from the first streamed token to the last, counts the tokens the server
+reports (a chunk of `loam serve` may hold several: LOAM_STREAM_INTERVAL), and
+prints its own CPU time per token. Then a warm `loam ask --verbose`
 (model loaded, 8 tokens) is timed from spawn to exit, and the server's own
 total duration is subtracted: what remains is ask's start-up, its HTTP round
 trip and its printing. Last, the same 256-token answer is asked for by `loam
@@ -54,10 +56,16 @@ def go_seconds(text: str) -> float:
     return sum(float(n) * _UNIT[u] for n, u in _GO.findall(text))
 
 
-def rate(url: str, path: str, body: dict, lines_of: str) -> float:
-    """Tokens per second from the first streamed piece to the last."""
+def rate(url: str, path: str, body: dict, lines_of: str) -> tuple[float, float]:
+    """Tokens per second from the first streamed piece to the last, and this client's CPU seconds per token.
+
+    Tokens are the server's count (llama-server's `timings.predicted_n`,
+    Ollama's `eval_count`), not the chunks: `loam serve` may send several
+    tokens in one chunk (LOAM_STREAM_INTERVAL). The first piece is one token.
+    """
     first = last = 0.0
     count = 0
+    cpu = time.process_time()
     with httpx.stream("POST", url + path, json=body, timeout=None) as r:
         for line in r.iter_lines():
             data = line[6:] if line.startswith("data: ") else line
@@ -67,18 +75,18 @@ def rate(url: str, path: str, body: dict, lines_of: str) -> float:
             if chunk.get(lines_of):
                 last = time.perf_counter()
                 first = first or last
-                count += 1
             if chunk.get("stop") or chunk.get("done"):
+                count = chunk["timings"]["predicted_n"] if chunk.get("stop") else chunk["eval_count"]
                 break
-    return (count - 1) / (last - first)
+    return (count - 1) / (last - first), (time.process_time() - cpu) / count
 
 
-def completion_rate(url: str, salt: int) -> float:
+def completion_rate(url: str, salt: int) -> tuple[float, float]:
     body = {"prompt": f"{salt}. {PROMPT}", "n_predict": N_TOKENS, "temperature": 0, "ignore_eos": True}
     return rate(url, "/completion", body | {"stream": True}, "content")
 
 
-def serve_rate(url: str, model: str, salt: int) -> float:
+def serve_rate(url: str, model: str, salt: int) -> tuple[float, float]:
     options = {"num_predict": N_TOKENS, "temperature": 0, "ignore_eos": True, "num_thread": 2}
     body = {"model": model, "prompt": f"{salt}. {PROMPT}", "raw": True, "stream": True, "options": options}
     return rate(url, "/api/generate", body, "response")
@@ -175,6 +183,7 @@ def main() -> None:
 def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int) -> None:
     """Streamed tok/s of loam serve, its runner alone and llama-server; then ask's overhead."""
     rates: dict[str, list[float]] = {"runner": [], "llama-server": [], "loam serve": []}
+    client_cpu: dict[str, list[float]] = {name: [] for name in rates}
     overheads: list[float] = []
     starts: list[float] = []  # `python -c pass`: the interpreter's own start, which no command can beat
     found = re.search(r"--model (\S+)", _runner_argv(serve))
@@ -193,12 +202,15 @@ def streaming(serve: ServerProcess, model: str, llama_server: Path, rounds: int)
         names = list(measures)
         for rnd in range(rounds):
             for name in names[rnd % 3 :] + names[: rnd % 3]:  # each goes first in turn: drift hits all alike
-                rates[name].append(measures[name](rnd))
+                speed, cpu = measures[name](rnd)
+                rates[name].append(speed)
+                client_cpu[name].append(cpu)
             overheads.append(ask_overhead(serve, model))
             starts.append(python_start())
     med = {k: statistics.median(v) for k, v in rates.items()}
     for name, value in med.items():
-        print(f"{name:<14} {value:6.1f} tok/s streamed ({N_TOKENS} tokens)")
+        cpu_ms = statistics.median(client_cpu[name]) * 1000
+        print(f"{name:<14} {value:6.1f} tok/s streamed ({N_TOKENS} tokens); the client's CPU {cpu_ms:.3f} ms a token")
     for other in ("runner alone", "llama-server"):
         theirs = rates[other.removesuffix(" alone")]
         paired = statistics.median(a / b for a, b in zip(rates["loam serve"], theirs, strict=True))

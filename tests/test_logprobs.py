@@ -140,6 +140,29 @@ def test_ollama_chat_logprobs_whole_and_streamed(server: ServerProcess) -> None:
     assert plain.logprobs is None and plain.message.content == whole.message.content
 
 
+def test_stream_interval_gathers_tokens_into_fewer_chunks_with_the_same_text(server: ServerProcess) -> None:
+    """Tokens of one interval come as one chunk, with the logprobs of each; 0 sends every token alone."""
+    client = ollama.Client(host=server.url)
+    options = {**GREEDY, "num_predict": 48, "ignore_eos": True}
+
+    def stream(interval: float) -> list[Any]:
+        chunks = client.generate(SMOL, PROMPT, raw=True, logprobs=True, stream=True, options=options | {
+            "stream_interval": interval})  # fmt: skip
+        return [c for c in chunks if c.response or c.done]
+
+    alone, gathered = stream(0), stream(1.0)
+    for chunks in (alone, gathered):
+        entries = [e for c in chunks for e in (c.logprobs or [])]
+        assert len(entries) == chunks[-1].eval_count == 48
+        for c in chunks[:-1]:
+            assert "".join(e.token for e in c.logprobs) == c.response
+    assert "".join(c.response for c in gathered) == "".join(c.response for c in alone)
+    assert max(len(c.logprobs) for c in alone[:-1]) == 1
+    assert len(gathered) < len(alone) / 4, [len(c.logprobs) for c in gathered[:-1]]
+    with pytest.raises(ollama.ResponseError, match="stream_interval"):
+        client.generate(SMOL, PROMPT, options={"stream_interval": 5})
+
+
 def test_ollama_generate_logprobs_without_alternatives(server: ServerProcess) -> None:
     client = ollama.Client(host=server.url)
     reply = client.generate(SMOL, PROMPT, raw=True, logprobs=True, options=GREEDY)

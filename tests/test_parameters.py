@@ -70,7 +70,7 @@ def test_every_issue_parameter_is_known() -> None:
     expected = (
         "num_ctx num_batch num_gpu main_gpu num_thread num_keep seed num_predict top_k top_p min_p typical_p "
         "repeat_last_n temperature repeat_penalty presence_penalty frequency_penalty stop use_mmap num_parallel "
-        "ignore_eos tool_choice draft_num_predict"
+        "ignore_eos tool_choice draft_num_predict stream_interval"
     ).split()
     assert sorted(PARAMETERS) == sorted(expected)
 

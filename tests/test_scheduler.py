@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import ConfigError
 from app.hardware import GPU, Inventory
 from app.server.options import LoadOptions
-from app.server.scheduler import LoadRequest, Scheduler, Settings
+from app.server.scheduler import LoadRequest, Scheduler, Settings, stream_interval_from_env
 
 #: Stands in for a CUDA llama-server: out of memory with any GPU layer, else loam's runner on the CPU.
 FAKE_LLAMA_SERVER = """#!{python}
@@ -180,3 +181,17 @@ def test_a_stock_llama_server_serves_as_the_runner(smollm2_store: Path, tmp_path
     assert program == str(binary)
     assert chunks[-1]["stop"] and chunks[-1]["timings"]["predicted_n"] == 8
     assert "Paris" in "".join(c.get("content", "") for c in chunks)
+
+
+def test_stream_interval_gathers_on_small_machines_and_takes_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOAM_STREAM_INTERVAL", raising=False)
+    assert stream_interval_from_env(2) == stream_interval_from_env(4) == 0.05
+    assert stream_interval_from_env(8) == 0.0
+    monkeypatch.setenv("LOAM_STREAM_INTERVAL", "0")
+    assert stream_interval_from_env(2) == 0.0
+    monkeypatch.setenv("LOAM_STREAM_INTERVAL", "0.2")
+    assert stream_interval_from_env(64) == 0.2 == Settings().stream_interval
+    for bad in ("soon", "-1", "nan", "inf", "2"):
+        monkeypatch.setenv("LOAM_STREAM_INTERVAL", bad)
+        with pytest.raises(ConfigError, match="LOAM_STREAM_INTERVAL: .* is not a number of seconds from 0 to 1"):
+            stream_interval_from_env()

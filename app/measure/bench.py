@@ -205,7 +205,8 @@ def prepare_loam(settings: Settings) -> list[ModelRun]:
             raise LoamError(f"{name} holds {context} tokens of context: --prompt-tokens plus --gen must fit in it")
         digest = "sha256:" + str(served[name].get("digest") or "").removeprefix("sha256:")
         slots = max(settings.levels)
-        options = {"num_parallel": slots, "num_ctx": settings.num_ctx(context)}
+        # stream_interval 0: each token is a chunk of its own, so ITL is the time between tokens
+        options = {"num_parallel": slots, "num_ctx": settings.num_ctx(context), "stream_interval": 0}
         runs.append(ModelRun(text, url, "ollama", slots, digest, options))  # named as the user wrote it
     return runs
 

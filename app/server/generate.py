@@ -331,7 +331,7 @@ class Generator:
         reply.splitter = ThinkingSplitter(started=thinking_started) if call.think is not False else None
         tokens: list[int] = []
         try:
-            async for chunk in loaded.runner.complete(body):
+            async for chunk in loaded.runner.complete(body, options.get("stream_interval")):
                 tokens += chunk.get("tokens") or []
                 if call.logprobs is not None:
                     reply.pending += [_trimmed(e, call.logprobs) for e in chunk.get("completion_probabilities") or []]

@@ -94,11 +94,13 @@ class Runner:
         log_dir: Path,
         timeout: float = 60.0,
         stop_grace: float = STOP_GRACE,
+        stream_interval: float = 0.0,
     ) -> None:
         """`timeout`: seconds without a byte from the runner on a request before it counts as wedged (0: never);
         `stop_grace`: seconds it has to exit after SIGTERM (it may be saving its slots' states) before SIGKILL."""
         self.timeout = timeout
         self.stop_grace = stop_grace
+        self.stream_interval = stream_interval
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -235,8 +237,15 @@ class Runner:
         answer = await self._post("/v1/embeddings", {"input": text}, timeout=httpx.Timeout(None, connect=10.0))
         return {"embedding": answer["data"][0]["embedding"], "tokens_evaluated": answer["usage"]["prompt_tokens"]}
 
-    async def complete(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream /completion chunks; RunnerError if the runner dies or answers with an error."""
+    async def complete(self, body: dict[str, Any], interval: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Stream /completion chunks; RunnerError if the runner dies or answers with an error.
+
+        With an `interval` (default: this runner's stream_interval), the tokens
+        of the next `interval` seconds after a chunk gather in the socket and
+        come as one chunk, their text, token ids and probabilities joined; the
+        first comes at once, the stop chunk alone. With 0, every token is a chunk.
+        """
+        interval = self.stream_interval if interval is None else interval
         # return_progress: both send prompt progress chunks; loam's runner also a comment while it waits.
         payload = json.dumps({**body, "stream": True, "return_progress": True}).encode()
         read = self.timeout if self.timeout > 0 else None
@@ -247,17 +256,14 @@ class Runner:
             ) as r:
                 if r.status != 200:
                     raise RunnerError(_reply_error(await r.read(), r.status), "request")
-                async for line in r.lines():
-                    if not line.startswith(b"data: "):
-                        continue  # the blank line ending an event, or a ": progress" comment
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        raise RunnerError(_error_text(chunk), "request")
-                    if "prompt_progress" in chunk and not chunk.get("stop") and not chunk.get("content"):
-                        continue  # only proof of life
-                    yield chunk
-                    if chunk.get("stop"):
-                        return
+                async for lines in r.line_batches():
+                    chunks = [chunk for chunk in map(_event, lines) if chunk is not None]
+                    for chunk in _gathered(chunks) if interval > 0 else chunks:
+                        yield chunk
+                        if chunk.get("stop"):
+                            return
+                    if chunks:
+                        r.hold(interval)  # the first token went at once; the next come together
         except TimeoutError as e:
             raise await self._wedged() from e
         except (OSError, ProtocolError) as e:
@@ -306,6 +312,38 @@ class Runner:
         if self.alive:
             self.proc.kill()
             self.proc.wait()
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    """A /completion stream line's chunk; None for what only keeps the stream alive. RunnerError for an error."""
+    if not line.startswith(b"data: "):
+        return None  # the blank line ending an event, or a ": progress" comment
+    chunk = json.loads(line[6:])
+    if "error" in chunk:
+        raise RunnerError(_error_text(chunk), "request")
+    if "prompt_progress" in chunk and not chunk.get("stop") and not chunk.get("content"):
+        return None  # only proof of life
+    return chunk
+
+
+def _gathered(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One read's chunks with its token chunks joined into one; a stop chunk stays apart."""
+    out: list[dict[str, Any]] = []
+    for chunk in chunks:
+        if out and not chunk.get("stop") and not out[-1].get("stop"):
+            out[-1] = _joined(out[-1], chunk)
+        else:
+            out.append(chunk)
+    return out
+
+
+def _joined(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """Two token chunks as one: their text, token ids and probabilities in order, the later one's counts."""
+    joined = {**first, **then, "content": first.get("content", "") + then.get("content", "")}
+    for key in ("tokens", "completion_probabilities"):
+        if key in first or key in then:
+            joined[key] = (first.get(key) or []) + (then.get(key) or [])
+    return joined
 
 
 def _reply_error(body: bytes, status: int) -> str:

@@ -31,18 +31,40 @@ class QueueFull(LoamError):
     """More requests are waiting than the server accepts (HTTP 503)."""
 
 
-def runner_timeout_from_env() -> float:
-    """LOAM_RUNNER_TIMEOUT: seconds a runner may send nothing on an active request (0 turns the watchdog off)."""
-    text = os.environ.get("LOAM_RUNNER_TIMEOUT", "").strip()
+def seconds_from_env(name: str, default: float, most: float = math.inf) -> float:
+    """Seconds from environment variable `name`, 0 to `most`; ConfigError for anything else."""
+    text = os.environ.get(name, "").strip()
     if not text:
-        return 60.0
+        return default
     try:
         seconds = float(text)
     except ValueError:
-        raise ConfigError(f"LOAM_RUNNER_TIMEOUT: {text!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"LOAM_RUNNER_TIMEOUT: {text!r} is not a number of seconds")
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 <= seconds <= most):
+        within = "" if math.isinf(most) else f" from 0 to {most:g}"
+        raise ConfigError(f"{name}: {text!r} is not a number of seconds{within}")
     return seconds
+
+
+def runner_timeout_from_env() -> float:
+    """LOAM_RUNNER_TIMEOUT: seconds a runner may send nothing on an active request (0 turns the watchdog off)."""
+    return seconds_from_env("LOAM_RUNNER_TIMEOUT", 60.0)
+
+
+#: Machines with this many cores or fewer give the model every core, so a streamed token costs it the relay's CPU.
+FEW_CORES = 4
+
+
+def stream_interval_from_env(cores: int | None = None) -> float:
+    """LOAM_STREAM_INTERVAL: after a streamed token, seconds the next ones gather before they are relayed together.
+
+    On a machine of FEW_CORES or fewer, every wakeup of the server (and of the
+    client it wakes) takes a core from the model's threads: relaying tokens a
+    twentieth of a second at a time instead of one by one halves the server's
+    CPU per token. The first token of an answer always goes at once.
+    """
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return seconds_from_env("LOAM_STREAM_INTERVAL", 0.05 if cores <= FEW_CORES else 0.0, most=1.0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,7 @@ class Settings:
     llama_server: Path | None = None  # config.toml [runner] llama_server: used when loam's runner cannot drive the GPUs
     log_dir: Path = Path(".")
     runner_timeout: float = field(default_factory=runner_timeout_from_env)  # the no-progress watchdog; 0 is off
+    stream_interval: float = field(default_factory=stream_interval_from_env)  # streamed tokens gather this long
     state_dir: Path | None = None  # where loam's runners keep conversation states past RAM (None: nowhere)
     state_dir_bytes: int = 0  # LOAM_CACHE_DISK: what that folder may hold in all
 
@@ -312,7 +335,10 @@ class Scheduler:
                 args += ["--cache-disk", str(self.settings.state_dir), "--cache-key", req.model.name]  # sha256-...
                 args += ["--cache-disk-size", str(self.settings.state_dir_bytes >> 20)]
         disk = self.settings.state_dir_bytes if command.llama_server is None and self.settings.state_dir else 0
-        return Runner(command, req.model, args, self.settings.log_dir, self.settings.runner_timeout, stop_grace(disk))
+        return Runner(
+            command, req.model, args, self.settings.log_dir, self.settings.runner_timeout, stop_grace(disk),
+            stream_interval=self.settings.stream_interval,
+        )  # fmt: skip
 
     def _command(self, inventory: Inventory) -> RunnerCommand:
         """llama-server when one is configured and the GPUs need a backend loam's llama.cpp lacks."""

@@ -47,6 +47,7 @@ PARAMETERS: dict[str, Spec] = {
     "use_mmap": Spec(bool, None, None, "map the model file instead of reading it into memory"),
     "ignore_eos": Spec(bool, None, None, "keep generating past end-of-sequence tokens (for benchmarks)"),
     "draft_num_predict": Spec(int, 1, 64, "most tokens the DRAFT model proposes per step"),
+    "stream_interval": Spec(float, 0.0, 1.0, "seconds streamed tokens gather to be sent together; 0 sends each alone"),
     "tool_choice": Spec(str, None, None, "auto, none, required, or a tool's name: whether the reply must call a tool"),
 }
 
