@@ -327,22 +327,31 @@ def _event(line: bytes) -> dict[str, Any] | None:
 
 
 def _gathered(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One read's chunks with its token chunks joined into one; a stop chunk stays apart."""
+    """One read's chunks, each run of token chunks joined into one; a stop chunk stays apart."""
     out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
     for chunk in chunks:
-        if out and not chunk.get("stop") and not out[-1].get("stop"):
-            out[-1] = _joined(out[-1], chunk)
-        else:
-            out.append(chunk)
-    return out
+        if not chunk.get("stop"):
+            run.append(chunk)
+            continue
+        if run:
+            out.append(_joined(run))
+            run = []
+        out.append(chunk)
+    return out + [_joined(run)] if run else out
 
 
-def _joined(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
-    """Two token chunks as one: their text, token ids and probabilities in order, the later one's counts."""
-    joined = {**first, **then, "content": first.get("content", "") + then.get("content", "")}
+def _joined(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Token chunks as one: their text, token ids and probabilities in order, the last one's other fields."""
+    if len(chunks) == 1:
+        return chunks[0]
+    joined: dict[str, Any] = {}
+    for chunk in chunks:
+        joined.update(chunk)
+    joined["content"] = "".join(chunk.get("content", "") for chunk in chunks)
     for key in ("tokens", "completion_probabilities"):
-        if key in first or key in then:
-            joined[key] = (first.get(key) or []) + (then.get(key) or [])
+        if key in joined:
+            joined[key] = [item for chunk in chunks for item in chunk.get(key) or []]
     return joined
 
 
