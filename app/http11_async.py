@@ -123,19 +123,13 @@ class Stream:
             data = await self._reader.read(READ_SIZE)
         else:
             data = await self._timed(self._reader.read(READ_SIZE))
-        if data:
-            self.hold(self.read_gap)
+        if self.read_gap > 0 and data:  # the kernel holds what comes next; no wakeup until the gap is over
+            self._writer.transport.pause_reading()
+            self._paused_until = asyncio.get_running_loop().time() + self.read_gap
         return data
 
-    def hold(self, seconds: float) -> None:
-        """Leave the socket alone for `seconds` from now: what arrives meanwhile waits in the kernel, for one read."""
-        if seconds > 0 and self._writer is not None and not self._paused_until:
-            self._writer.transport.pause_reading()
-            self._paused_until = asyncio.get_running_loop().time() + seconds
-
-    async def _reads(self) -> AsyncIterator[list[bytes]]:
-        """The body as it arrives, a list of pieces per read of the socket, framed by chunks, Content-Length,
-        or the connection's end."""
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, framed by chunks, Content-Length, or the connection's end."""
         length = body_length(self.headers)
         decoder = ChunkedDecoder() if length == "chunked" else None
         left = length if isinstance(length, int) else -1
@@ -146,39 +140,25 @@ class Stream:
                     return
                 raise ConnectionResetError("the server closed the connection mid-reply")
             if decoder is not None:
-                yield decoder.feed(data)
+                for piece in decoder.feed(data):
+                    yield piece
                 continue
             if left > 0:
                 data = data[:left]
                 left -= len(data)
-            yield [data]
-
-    async def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
-        async for pieces in self._reads():
-            for piece in pieces:
-                yield piece
-
-    async def line_batches(self) -> AsyncIterator[list[bytes]]:
-        """The body's lines without their newlines, those one read completed together in one list.
-
-        ProtocolError for a line longer than MAX_LINE_BODY.
-        """
-        rest = b""
-        async for pieces in self._reads():
-            complete, rest = split_lines(rest, b"".join(pieces))
-            if len(rest) > MAX_LINE_BODY:
-                raise ProtocolError(f"a line longer than {MAX_LINE_BODY} bytes")
-            if complete:
-                yield complete
-        if rest:
-            yield [rest]
+            yield data
 
     async def lines(self) -> AsyncIterator[bytes]:
-        """The body's lines without their newlines, one by one (see line_batches)."""
-        async for batch in self.line_batches():
-            for line in batch:
+        """The body's lines without their newlines; ProtocolError for one longer than MAX_LINE_BODY."""
+        rest = b""
+        async for data in self.pieces():
+            complete, rest = split_lines(rest, data)
+            if len(rest) > MAX_LINE_BODY:
+                raise ProtocolError(f"a line longer than {MAX_LINE_BODY} bytes")
+            for line in complete:
                 yield line
+        if rest:
+            yield rest
 
     async def read(self, limit: int = MAX_LINE_BODY) -> bytes:
         """The whole body; ProtocolError past `limit` bytes."""

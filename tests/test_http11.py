@@ -192,26 +192,3 @@ def test_a_read_gap_takes_what_arrived_meanwhile_in_one_read(monkeypatch: pytest
 
     assert asyncio.run(run(2.0)) == lines
     assert len([data for data in reads if data]) <= 2, reads
-
-
-def test_a_hold_gathers_the_lines_of_its_time_into_one_batch() -> None:
-    """line_batches gives a read's lines together; after hold(), what came meanwhile is one batch, first line alone."""
-    lines = [b"data: %d" % i for i in range(10)]
-    events = [encode(line + b"\n")[:-5] for line in lines]
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(HEAD + events[0])
-        await asyncio.sleep(0.2)  # the client has read the first line before the others come
-        await sender(*events[1:], b"0\r\n\r\n", pause=0.005)(reader, writer)
-
-    async def run(hold: float) -> list[list[bytes]]:
-        server, host = await serve(handler)
-        batches = []
-        async with server, Stream(host, "GET", "/", None, connect_timeout=5, read_timeout=None) as r:
-            async for batch in r.line_batches():
-                batches.append(batch)
-                r.hold(hold)
-        return batches
-
-    assert asyncio.run(run(1.0)) == [lines[:1], lines[1:]]
-    assert [line for batch in asyncio.run(run(0.0)) for line in batch] == lines

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import llama_cpp as llama
 import pytest
 
 from app.runner.cache import SavedState, StateCache, common_prefix
+from app.runner.gather import Gatherer
 from app.runner.model import flash_attn_type
 from app.runner.options import parse_args
 from app.runner.sampling import SamplingParams
@@ -201,3 +205,49 @@ def test_a_truncated_prompt_keeps_its_start_and_fits() -> None:
     cut, truncated = fit_prompt(prompt, 4, 256, add_bos=True)
     assert truncated and len(cut) < 256 and cut[:5] == prompt[:5] and cut[-1] == 999
     assert fit_prompt(prompt[:100], 4, 256, add_bos=True) == (prompt[:100], False)
+
+
+def _token(i: int) -> dict[str, Any]:
+    probs = [{"id": i}]
+    return {"content": f"t{i} ", "tokens": [i], "stop": False, "tokens_predicted": i, "completion_probabilities": probs}
+
+
+def test_a_gatherer_sends_a_first_token_at_once_the_rest_of_its_interval_together_and_the_end_unheld() -> None:
+    async def run() -> None:
+        woken: list[int] = []
+        gather = Gatherer(60.0, lambda: woken.append(1))  # the test calls flush itself, as the timer would
+        progress = {"content": "", "tokens": [], "stop": False, "prompt_progress": {"processed": 3}}
+        assert gather.take(progress) == [progress]
+        assert gather.take(_token(1)) == [_token(1)]
+        assert gather.take(_token(2)) == [] and gather.take(_token(3)) == []
+        probs = [{"id": 2}, {"id": 3}]
+        joined = {**_token(3), "content": "t2 t3 ", "tokens": [2, 3], "completion_probabilities": probs}
+        assert gather.flush() == [joined]
+        assert gather.take(_token(4)) == []  # that flush began an interval
+        assert gather.flush() == [_token(4)]
+        assert gather.flush() == []  # a quiet interval: the next token goes at once
+        assert gather.take(_token(5)) == [_token(5)]
+        assert gather.take(_token(6)) == []
+        stop = {"content": "", "tokens": [], "stop": True, "stop_type": "limit"}
+        assert gather.take(stop) == [_token(6), stop]  # the last tokens go with the end, not after the interval
+        assert woken == []
+
+    asyncio.run(run())
+
+
+def test_a_gatherers_interval_ends_by_its_timer() -> None:
+    async def run() -> list[dict[str, Any]]:
+        ended = asyncio.Event()
+        gather = Gatherer(0.01, ended.set)
+        assert gather.take(_token(1)) == [_token(1)]
+        assert gather.take(_token(2)) == []
+        await asyncio.wait_for(ended.wait(), 30)
+        return gather.flush()
+
+    assert asyncio.run(run()) == [_token(2)]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "soon", float("inf")])
+def test_a_stream_interval_out_of_range_is_refused(value: Any) -> None:
+    with pytest.raises(ValueError, match="stream_interval must be"):
+        SamplingParams.from_json({"stream_interval": value})

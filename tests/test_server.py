@@ -11,14 +11,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import ollama
 import openai
 import pytest
 
-from app.server.runners import _gathered
 from app.store.catalog import Catalog
 from app.store.create import create
 from app.store.modelfile import parse
@@ -391,19 +389,3 @@ def test_uvicorn_takes_httptools_for_the_server_and_runners() -> None:
     config = uvicorn.Config(app)
     config.load()
     assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
-
-
-def test_a_reads_token_chunks_are_gathered_into_one_and_its_stop_chunk_kept_apart() -> None:
-    def token(i: int) -> dict[str, Any]:
-        return {"content": f"t{i} ", "tokens": [i], "completion_probabilities": [{"id": i}], "tokens_predicted": i}
-
-    stop = {"content": "", "stop": True, "tokens": [], "timings": {"predicted_n": 3}}
-    assert _gathered([token(1)]) == [token(1)]
-    assert _gathered([token(1), token(2), token(3), stop]) == [
-        {"content": "t1 t2 t3 ", "tokens": [1, 2, 3], "completion_probabilities": [{"id": 1}, {"id": 2}, {"id": 3}],
-         "tokens_predicted": 3},
-        stop,
-    ]  # fmt: skip
-    assert _gathered([stop]) == [stop]
-    plain = [{"content": "a"}, {"content": "b"}]  # no probabilities asked for: none made up
-    assert _gathered(plain) == [{"content": "ab"}]

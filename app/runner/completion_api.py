@@ -21,6 +21,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.runner.engine import Engine
+from app.runner.gather import Gatherer
 from app.runner.http import error, loading, read_body, submit_each
 from app.runner.prompts import exceeds_context, parse_logit_bias, split_prompts, tokenize_prompt
 from app.runner.sampling import SamplingParams, check_grammar, trigger_patterns
@@ -148,6 +149,8 @@ async def _whole(call: _Call, chunks: asyncio.Queue[Chunk | None], engine: Engin
 
 #: Put in a stream's queue by its heartbeat: nothing came for a while, but the decode loop moved.
 _BEAT: Chunk = {"heartbeat": True}
+#: Put in a stream's queue when its gathering interval ends (app/runner/gather.py).
+_FLUSH: Chunk = {"flush": True}
 
 
 async def _stream(
@@ -156,6 +159,8 @@ async def _stream(
     """The chunks as server-sent events; one task beats beside it, so each chunk costs a plain queue get."""
     sent = [0]
     beat = asyncio.create_task(_heartbeat(chunks, engine, sent))
+    interval = call.params.stream_interval if len(call.requests) == 1 else 0.0  # prompts interleave: none gather
+    gatherer = Gatherer(interval, lambda: chunks.put_nowait(_FLUSH)) if interval > 0 else None
     open_prompts = len(call.requests)
     try:
         while open_prompts:
@@ -165,18 +170,25 @@ async def _stream(
                 continue
             if chunk is None:
                 return
-            sent[0] += 1
-            if "error" in chunk:
-                yield _event({"error": {"code": 500, "message": chunk["error"], "type": "server_error"}})
-                return
-            if chunk.get("stop"):
-                open_prompts -= 1
-            for event in _oai_chunks(call, chunk) if call.oai else [_shaped(call, chunk)]:
-                yield _event(event)
+            if chunk is _FLUSH:
+                ready = gatherer.flush() if gatherer else []
+            else:
+                sent[0] += 1
+                if "error" in chunk:
+                    yield _event({"error": {"code": 500, "message": chunk["error"], "type": "server_error"}})
+                    return
+                ready = gatherer.take(chunk) if gatherer else [chunk]
+            for out in ready:
+                if out.get("stop"):
+                    open_prompts -= 1
+                for event in _oai_chunks(call, out) if call.oai else [_shaped(call, out)]:
+                    yield _event(event)
         if call.oai:
             yield b"data: [DONE]\n\n"
     finally:
         beat.cancel()
+        if gatherer:
+            gatherer.close()
         for request in call.requests:
             engine.cancel(request)
         watcher.cancel()

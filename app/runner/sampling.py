@@ -17,6 +17,8 @@ import numpy as np
 MAX_N_PROBS = 100
 #: Most tokens one speculative draft may propose.
 MAX_DRAFT = 64
+#: Most seconds a streamed request may ask its tokens to gather (app/runner/gather.py).
+MOST_STREAM_INTERVAL = 1.0
 #: Most stop strings and response_fields one request may name: each stop string is looked for after every token.
 MAX_STOPS, MAX_FIELDS = 64, 64
 #: llama-server's names for fields that are not Python names.
@@ -66,6 +68,7 @@ class SamplingParams:
     timings_per_token: bool = False  # every streamed chunk carries timings
     response_fields: list[str] = field(default_factory=list)  # only these (slash-separated) paths are answered
     stream: bool = False
+    stream_interval: float = 0.0  # loam's own: a stream's tokens gather this many seconds (app/runner/gather.py)
 
     @classmethod
     def from_json(cls, body: dict[str, Any], defaults: SamplingParams | None = None) -> SamplingParams:
@@ -104,6 +107,8 @@ class SamplingParams:
             raise ValueError(f"speculative.n_max and n_min are at most {MAX_DRAFT}")
         if not 0 <= params.n_probs <= MAX_N_PROBS or params.n_probs != body.get("n_probs", params.n_probs):
             raise ValueError(f"n_probs must be a whole number from 0 to {MAX_N_PROBS}")
+        if not 0 <= params.stream_interval <= MOST_STREAM_INTERVAL:
+            raise ValueError(f"stream_interval must be from 0 to {MOST_STREAM_INTERVAL:g} seconds")
         if params.json_schema is not None and not params.grammar:
             params.grammar = schema_grammar(params.json_schema)
         if params.grammar_lazy:

@@ -240,14 +240,15 @@ class Runner:
     async def complete(self, body: dict[str, Any], interval: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """Stream /completion chunks; RunnerError if the runner dies or answers with an error.
 
-        With an `interval` (default: this runner's stream_interval), the tokens
-        of the next `interval` seconds after a chunk gather in the socket and
-        come as one chunk, their text, token ids and probabilities joined; the
-        first comes at once, the stop chunk alone. With 0, every token is a chunk.
+        `interval` (default: this runner's stream_interval) asks loam's runner
+        to gather the tokens of that many seconds into one chunk, their text,
+        token ids and probabilities joined (app/runner/gather.py); llama-server
+        ignores it and sends every token alone.
         """
         interval = self.stream_interval if interval is None else interval
         # return_progress: both send prompt progress chunks; loam's runner also a comment while it waits.
-        payload = json.dumps({**body, "stream": True, "return_progress": True}).encode()
+        body = {**body, "stream": True, "return_progress": True} | ({"stream_interval": interval} if interval else {})
+        payload = json.dumps(body).encode()
         read = self.timeout if self.timeout > 0 else None
         try:
             headers = {"Content-Type": "application/json"}
@@ -256,14 +257,13 @@ class Runner:
             ) as r:
                 if r.status != 200:
                     raise RunnerError(_reply_error(await r.read(), r.status), "request")
-                async for lines in r.line_batches():
-                    chunks = [chunk for chunk in map(_event, lines) if chunk is not None]
-                    for chunk in _gathered(chunks) if interval > 0 else chunks:
-                        yield chunk
-                        if chunk.get("stop"):
-                            return
-                    if chunks:
-                        r.hold(interval)  # the first token went at once; the next come together
+                async for line in r.lines():
+                    chunk = _event(line)
+                    if chunk is None:
+                        continue
+                    yield chunk
+                    if chunk.get("stop"):
+                        return
         except TimeoutError as e:
             raise await self._wedged() from e
         except (OSError, ProtocolError) as e:
@@ -324,35 +324,6 @@ def _event(line: bytes) -> dict[str, Any] | None:
     if "prompt_progress" in chunk and not chunk.get("stop") and not chunk.get("content"):
         return None  # only proof of life
     return chunk
-
-
-def _gathered(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One read's chunks, each run of token chunks joined into one; a stop chunk stays apart."""
-    out: list[dict[str, Any]] = []
-    run: list[dict[str, Any]] = []
-    for chunk in chunks:
-        if not chunk.get("stop"):
-            run.append(chunk)
-            continue
-        if run:
-            out.append(_joined(run))
-            run = []
-        out.append(chunk)
-    return out + [_joined(run)] if run else out
-
-
-def _joined(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Token chunks as one: their text, token ids and probabilities in order, the last one's other fields."""
-    if len(chunks) == 1:
-        return chunks[0]
-    joined: dict[str, Any] = {}
-    for chunk in chunks:
-        joined.update(chunk)
-    joined["content"] = "".join(chunk.get("content", "") for chunk in chunks)
-    for key in ("tokens", "completion_probabilities"):
-        if key in joined:
-            joined[key] = [item for chunk in chunks for item in chunk.get(key) or []]
-    return joined
 
 
 def _reply_error(body: bytes, status: int) -> str:

@@ -56,12 +56,12 @@ FEW_CORES = 4
 
 
 def stream_interval_from_env(cores: int | None = None) -> float:
-    """LOAM_STREAM_INTERVAL: after a streamed token, seconds the next ones gather before they are relayed together.
+    """LOAM_STREAM_INTERVAL: seconds a streamed answer's tokens gather in the runner to be sent as one chunk.
 
-    On a machine of FEW_CORES or fewer, every wakeup of the server (and of the
-    client it wakes) takes a core from the model's threads: relaying tokens a
-    twentieth of a second at a time instead of one by one halves the server's
-    CPU per token. The first token of an answer always goes at once.
+    On a machine of FEW_CORES or fewer, every chunk wakes the runner's sender,
+    the server and its client, each time taking a core from the model's
+    threads: chunks a twentieth of a second apart cost the server a third of
+    its CPU per token. An answer's first and last tokens are never held.
     """
     cores = cores if cores is not None else os.cpu_count() or 1
     return seconds_from_env("LOAM_STREAM_INTERVAL", 0.05 if cores <= FEW_CORES else 0.0, most=1.0)
