@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import struct
 import subprocess
 import sys
@@ -182,6 +183,11 @@ def test_models_slots_and_metrics(runner: RunnerProcess) -> None:
     post(runner, "/completion", {"prompt": "the cat sat", "n_predict": 2})
     response = httpx.get(runner.url + "/metrics")
     assert response.headers["Process-Start-Time-Unix"].isdigit()
+    # spelled as llama-server spells it: llama.cpp's own server tests look it up in a plain dict
+    with socket.create_connection(("127.0.0.1", runner.port)) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        head = raw.makefile("rb").read().split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nProcess-Start-Time-Unix: " in head, head
     names = {line.split()[0] for line in response.text.splitlines() if line.startswith("llamacpp:")}
     for name in (
         "prompt_tokens_cached_total",

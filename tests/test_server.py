@@ -379,8 +379,11 @@ def test_runners_do_not_outlive_a_killed_server(models: Path, tmp_path: Path) ->
         assert not Path(f"/proc/{pid}").exists()
 
 
-def test_uvicorn_takes_httptools_for_the_server_and_runners() -> None:
-    """loam depends on httptools: uvicorn's writer with it costs the server less CPU a streamed token than h11's."""
+def test_uvicorn_takes_httptools_for_the_server() -> None:
+    """loam depends on httptools: uvicorn's writer with it costs the server less CPU a streamed token than h11's.
+
+    (Runners keep h11, which writes header names as llama-server does: tests/test_runner_protocol.py.)
+    """
     import uvicorn
 
     async def app(scope: object, receive: object, send: object) -> None:

@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level="warning",
         access_log=False,
         lifespan="off",
+        # h11 writes header names as given, as llama-server does (Process-Start-Time-Unix); httptools lower-cases
+        # them. Streamed tokens gather on small machines (LOAM_STREAM_INTERVAL), so its writer saves little here.
+        http="h11",
         timeout_graceful_shutdown=3,  # an abandoned stream must not hold the exit past a stop's grace
     )
     server = uvicorn.Server(config)
