@@ -16,6 +16,16 @@ import platformdirs
 
 from app.errors import ConfigError
 
+#: Machines with this many cores or fewer give the model's threads every core: there, each wakeup of
+#: another process (a streamed chunk relayed or read, a frame drawn) stalls a decode step.
+FEW_CORES = 4
+
+
+def few_cores(cores: int | None = None) -> bool:
+    """Whether a machine of `cores` cores (this one by default) leaves the model no core to spare."""
+    return (cores if cores is not None else os.cpu_count() or 1) <= FEW_CORES
+
+
 APP_NAME = "loam"
 DEFAULT_HOST = "127.0.0.1:11435"
 DEFAULT_KEEP_ALIVE = "5m"

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.config import few_cores
 from app.errors import ConfigError, LoamError
 from app.hardware import Inventory, MemoryEstimate, Plan, estimate, fallback, plan
 from app.server.options import LoadOptions
@@ -51,20 +52,15 @@ def runner_timeout_from_env() -> float:
     return seconds_from_env("LOAM_RUNNER_TIMEOUT", 60.0)
 
 
-#: Machines with this many cores or fewer give the model every core, so a streamed token costs it the relay's CPU.
-FEW_CORES = 4
-
-
 def stream_interval_from_env(cores: int | None = None) -> float:
     """LOAM_STREAM_INTERVAL: seconds a streamed answer's tokens gather in the runner to be sent as one chunk.
 
-    On a machine of FEW_CORES or fewer, every chunk wakes the runner's sender,
+    On a machine of few cores (app.config.few_cores), every chunk wakes the runner's sender,
     the server and its client, each time taking a core from the model's
     threads: chunks a twentieth of a second apart cost the server a third of
     its CPU per token. An answer's first and last tokens are never held.
     """
-    cores = cores if cores is not None else os.cpu_count() or 1
-    return seconds_from_env("LOAM_STREAM_INTERVAL", 0.05 if cores <= FEW_CORES else 0.0, most=1.0)
+    return seconds_from_env("LOAM_STREAM_INTERVAL", 0.05 if few_cores(cores) else 0.0, most=1.0)
 
 
 @dataclass(frozen=True)

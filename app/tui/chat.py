@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownFence
 
+from app.config import few_cores
 from app.history import close_fences
 from app.stats import Stats, short_duration
 from app.tui.keys import NEWLINE_KEYS
@@ -48,16 +48,14 @@ class ThemedMarkdown(Markdown):
     BLOCKS = {**Markdown.BLOCKS, "fence": ThemedFence, "code_block": ThemedFence}
 
 
-#: Where the model's threads would have every core (this many or fewer), each frame also stalls a
-#: decode step that waits for the thread it displaced: on 2 cores, drawing every 0.25 s held the
-#: chat at 0.83x `loam ask`'s eval rate, every 0.5 s at 0.87x, every 1 s at 0.94x (benchmarks/server.py).
-FEW_CORES = 4
+#: Where the model's threads have every core (app.config.few_cores), each frame also stalls a decode step
+#: that waits for the thread it displaced: on 2 cores, drawing every 0.25 s held the chat at 0.83x
+#: `loam ask`'s eval rate, every 0.5 s at 0.87x, every 1 s at 0.94x (benchmarks/server.py).
 
 
 def draw_interval(cores: int | None = None) -> float:
     """The shortest time between two draws of a streaming answer on a machine with `cores` cores."""
-    cores = cores if cores is not None else os.cpu_count() or 1
-    return 1.0 if cores <= FEW_CORES else 0.25
+    return 1.0 if few_cores(cores) else 0.25
 
 
 def read_gap(cores: int | None = None) -> float:
@@ -68,8 +66,7 @@ def read_gap(cores: int | None = None) -> float:
     between reads, the stream's tokens wait in the socket and come in one
     wakeup, a tenth of a second's worth, well inside the time between draws.
     """
-    cores = cores if cores is not None else os.cpu_count() or 1
-    return 0.1 if cores <= FEW_CORES else 0.0
+    return 0.1 if few_cores(cores) else 0.0
 
 
 #: A streaming answer is drawn at most this often...
